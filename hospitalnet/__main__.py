@@ -1,0 +1,3 @@
+from hospitalnet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""Typed experiment configuration, validated when it is loaded.
+
+Defaults live here, documented field by field. A YAML file under ``configs/`` only sets what
+differs from them (and says why in a comment). Unknown keys are rejected; every error names the
+file and the dotted key, e.g. ``configs/quick.yaml: training.batch_size: Input should be > 0``.
+Names (methods, models, topologies, loaders) are resolved through explicit registries, never by
+importing a string.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hospitalnet.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WorldConfig(Section):
+    """The built-in synthetic ChestX-ray14 world (``hospitalnet synth``)."""
+
+    patients: int = Field(3000, gt=0, description="synthetic patients in the pooled data set")
+    image_size: int = Field(128, ge=32, le=1024, description="PNG side length in pixels")
+    cache_dir: str | None = Field(
+        None,
+        description="where the world is generated once and reused; None = ~/.cache/hospitalnet",
+    )
+
+
+class PartitionConfig(Section):
+    """How the pooled data set is split into sites (``hospitalnet partition``)."""
+
+    profile: str = Field("default", description="site profile name (registry in data.partition)")
+    skew: float = Field(1.0, ge=0.0, description="0 = IID sites, 1 = the profile, >1 = stronger")
+    local_test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+
+class DataConfig(Section):
+    image_size: int = Field(64, ge=16, le=1024, description="model input side length in pixels")
+
+
+class ModelConfig(Section):
+    name: str = Field("smallcnn", description="registry name: smallcnn | resnet18 | densenet121")
+    width: int = Field(32, gt=0, description="base channel count of smallcnn")
+    groups: int = Field(8, gt=0, description="GroupNorm groups")
+
+
+class TrainingConfig(Section):
+    batch_size: int = Field(32, gt=0)
+    local_steps: int = Field(1500, gt=0, description="local steps per site (pooled: same images)")
+    lr: float = Field(0.05, gt=0, description="step size mu")
+    weight_decay: float = Field(1e-4, ge=0, description="added to the loss as 0.5*wd*||w||^2")
+    eval_points: int = Field(10, ge=1, description="evaluations along training (learning curves)")
+    device: str = Field("cpu", description="cpu | cuda | auto")
+
+
+class ECLConfig(Section):
+    theta: float = Field(0.8, gt=0, le=1, description="1 = PDMM, 0.5 = ADMM; damped default")
+    eta: float | Literal["auto"] = Field("auto", description="coupling; auto = ISVR rule")
+    rho: float = Field(0.0, ge=0, description="optional proximity to received models")
+    site_weighting: Literal["samples", "uniform"] = "samples"
+    dual_init: Literal["model", "zero"] = "model"
+
+
+class FedProxConfig(Section):
+    mu_prox: float = Field(0.01, ge=0)
+
+
+class TopologyConfig(Section):
+    kind: Literal["ring", "multiplex_ring", "complete", "random", "edges"] = "multiplex_ring"
+    edges: list[tuple[str, str]] | None = Field(None, description="explicit edge list (kind=edges)")
+    random_degree: float = Field(3.0, gt=0, description="mean degree of the seeded random graph")
+
+
+class NetworkConfig(Section):
+    """The simulated network (and the timing rules a deployment shares)."""
+
+    exchange_every: int = Field(8, ge=1, description="K: local steps per exchange on an edge")
+    site_speed: dict[str, float] = Field(
+        default_factory=dict, description="relative compute speed per site (default 1.0)"
+    )
+    latency_steps: tuple[float, float] = Field((0.5, 3.0), description="link latency range")
+    drop_prob: float = Field(0.0, ge=0, lt=1)
+    staleness_bound: int = Field(64, ge=1, description="drop messages older than S steps")
+    inactive_after: int = Field(200, ge=1, description="edge inactive after D silent steps")
+
+
+class ExperimentConfig(Section):
+    seed: int = 0
+    methods: list[str] = Field(
+        default_factory=lambda: ["ecl", "gossip", "fedavg", "local", "pooled"]
+    )
+    world: WorldConfig = WorldConfig()
+    partition: PartitionConfig = PartitionConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    ecl: ECLConfig = ECLConfig()
+    fedprox: FedProxConfig = FedProxConfig()
+    topology: TopologyConfig = TopologyConfig()
+    network: NetworkConfig = NetworkConfig()
+
+
+def format_validation_error(source: str, err: ValidationError) -> str:
+    """One line per problem: ``source: dotted.key: message``."""
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"{source}: {key}: {msg}")
+    return "; ".join(lines)
+
+
+def validate(cls: type[M], data: Any, *, source: str) -> M:
+    try:
+        return cls.model_validate(data if data is not None else {})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(source, err)) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(err, 'problem', err)})") from None
+
+
+def load_config(path: str | Path | None, cls: type[M] = ExperimentConfig) -> M:  # type: ignore[assignment]
+    """Load ``path`` over the documented defaults (``None`` = defaults only)."""
+    if path is None:
+        return cls()
+    return validate(cls, read_yaml(path), source=str(path))
+
+
+def dump_config(cfg: BaseModel) -> str:
+    """The resolved config as YAML (written into every run directory)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,18 @@
+"""The explicit registry of site loaders: manifest ``data.loader`` name -> class."""
+
+from __future__ import annotations
+
+from hospitalnet.data.base import SiteLoader
+from hospitalnet.errors import ConfigError
+
+LOADERS: dict[str, type[SiteLoader]] = {}
+
+
+def get_loader(name: str, *, source: str) -> type[SiteLoader]:
+    try:
+        return LOADERS[name]
+    except KeyError:
+        known = ", ".join(sorted(LOADERS)) or "none"
+        raise ConfigError(
+            f"{source}: data.loader: unknown loader {name!r} (known: {known})"
+        ) from None

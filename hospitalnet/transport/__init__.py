@@ -1,0 +1,1 @@
+"""How bytes move between sites. Transports know nothing about algorithms."""
