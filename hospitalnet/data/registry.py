@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from hospitalnet.data.base import SiteLoader
+from hospitalnet.data.nih import NihLoader
 from hospitalnet.errors import ConfigError
 
-LOADERS: dict[str, type[SiteLoader]] = {}
+LOADERS: dict[str, type[SiteLoader]] = {
+    NihLoader.name: NihLoader,
+}
 
 
 def get_loader(name: str, *, source: str) -> type[SiteLoader]:
