@@ -51,7 +51,7 @@ class DataConfig(Section):
 
 class ModelConfig(Section):
     name: str = Field("smallcnn", description="registry name: smallcnn | resnet18 | densenet121")
-    width: int = Field(32, gt=0, description="base channel count of smallcnn")
+    width: int = Field(16, gt=0, description="base channel count of smallcnn")
     groups: int = Field(8, gt=0, description="GroupNorm groups")
 
 

@@ -1,0 +1,1 @@
+"""Local training: the masked-BCE objective a site's algorithm steps on, and prediction."""
