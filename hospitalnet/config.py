@@ -93,6 +93,17 @@ class NetworkConfig(Section):
     drop_prob: float = Field(0.0, ge=0, lt=1)
     staleness_bound: int = Field(64, ge=1, description="drop messages older than S steps")
     inactive_after: int = Field(200, ge=1, description="edge inactive after D silent steps")
+    stagger_exchanges: bool = Field(
+        True,
+        description="each edge exchanges at its own seeded offset; false = all edges on the "
+        "same steps (synchronous rounds)",
+    )
+    compute_jitter: float = Field(
+        0.1, ge=0, lt=1, description="simulation: compute time per step varies by +- this fraction"
+    )
+    max_nonfinite_steps: int = Field(
+        10, ge=1, description="a site stops after this many non-finite steps in a row"
+    )
 
 
 class ExperimentConfig(Section):

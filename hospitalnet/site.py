@@ -1,0 +1,471 @@
+"""The one loop a hospital runs, in the simulation and in a deployment alike.
+
+:class:`SiteNode.tick` is the whole loop body, in four phases::
+
+    1. receive   poll the transport; apply each message by the rules below
+    2. liveness  an edge silent for longer than D goes inactive (z frozen, out of E_i)
+    3. step      one local step on one minibatch (non-finite loss/gradient: step rolled back)
+    4. send      per-edge payloads for the edges whose exchange is due at this step
+
+Receive rules (per edge, counted in that edge's :class:`~hospitalnet.transport.base.EdgeStats`):
+
+- wrong receiver, unknown sender, missing payload, wrong shape/dtype, non-finite values:
+  *rejected* (counted per reason), state untouched;
+- a sequence number not newer than the last one taken on that edge: *duplicate*, ignored;
+- staleness: a message that arrives more than S of the receiver's steps later than the
+  previous one on that edge did, relative to the sender's own progress
+  (``age = (own_step - own_step_then) - (msg.step - msg_step_then)``), is *stale* and dropped.
+  This catches messages held back in a queue, on a slow link or in a frozen process, without
+  needing synchronised clocks, and it tolerates steady speed differences between sites (their
+  drift per message is K * |1 - speed ratio| steps, far below S);
+- anything in order from a neighbour (applied or stale) proves it alive: an inactive edge becomes
+  active again.
+
+Messages that arrive in the same poll are applied in a canonical order (neighbour order, then
+sequence number), so delivery order inside one poll never changes the result.
+
+The clock is injected: virtual time in the simulation (in nominal step units), seconds
+(``time.monotonic``) in a deployment, so ``inactive_after`` D means steps or seconds accordingly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import torch
+
+from hospitalnet.algorithms.base import Algorithm, SiteContext, is_finite_tensor
+from hospitalnet.algorithms.fedavg import FedAvgServer, ServerState
+from hospitalnet.config import NetworkConfig
+from hospitalnet.errors import HospitalnetError
+from hospitalnet.messages import Message, MessageKind
+from hospitalnet.objective import LocalObjective
+from hospitalnet.seeding import numpy_rng
+from hospitalnet.transport.base import EdgeStats, Transport
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+class SiteFailure(HospitalnetError):
+    """A site had to stop (e.g. repeated non-finite losses); the other sites carry on."""
+
+
+@dataclass(frozen=True)
+class SiteRules:
+    """The timing and robustness rules of the site loop.
+
+    Attributes
+    ----------
+    staleness_bound:
+        S, in the receiver's steps (see the module docstring for how a message's age is measured).
+    inactive_after:
+        D, in clock units: an edge with nothing heard for longer goes inactive.
+    max_nonfinite_steps:
+        Consecutive rolled-back steps after which the site stops with :class:`SiteFailure`.
+    """
+
+    staleness_bound: int = 64
+    inactive_after: float = 200.0
+    max_nonfinite_steps: int = 10
+
+    @classmethod
+    def from_config(cls, net: NetworkConfig) -> SiteRules:
+        return cls(
+            staleness_bound=net.staleness_bound,
+            inactive_after=float(net.inactive_after),
+            max_nonfinite_steps=net.max_nonfinite_steps,
+        )
+
+
+class ExchangeSchedule:
+    """When a site sends on each edge: after local step k if ``k % K == offset`` of that edge.
+
+    Offsets are drawn per edge from the run's seed and the two site ids (sorted by name), so both
+    ends of an edge fire on the same step numbers and different edges are staggered.
+    """
+
+    def __init__(self, every: int, offsets: dict[str, int]) -> None:
+        if every < 1:
+            raise ValueError("exchange schedule: every must be >= 1")
+        self.every = int(every)
+        self.offsets = dict(offsets)
+        by_residue: list[list[str]] = [[] for _ in range(self.every)]
+        for nb, off in self.offsets.items():
+            by_residue[off % self.every].append(nb)
+        self._by_residue = [tuple(x) for x in by_residue]
+
+    @classmethod
+    def for_site(
+        cls, site: str, neighbours: Sequence[str], every: int, seed: int, staggered: bool = True
+    ) -> ExchangeSchedule:
+        offsets = {}
+        for nb in neighbours:
+            a, b = sorted((site, nb))
+            offsets[nb] = (
+                int(numpy_rng(seed, "exchange", a, b).integers(0, every)) if staggered else 0
+            )
+        return cls(every, offsets)
+
+    def due(self, step: int) -> tuple[str, ...]:
+        """Neighbours whose exchange is due after local step ``step`` (in neighbour order)."""
+        return self._by_residue[step % self.every]
+
+    def count(self, neighbour: str, steps: int) -> int:
+        """How many sends to ``neighbour`` happen in steps 1..``steps``."""
+        first = self.offsets[neighbour] % self.every or self.every
+        return 0 if steps < first else (steps - first) // self.every + 1
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened, for the run's history (failures are data)."""
+
+    time: float
+    site: str
+    kind: str  # edge_inactive | edge_active | isolated | reconnected | failed | ...
+    peer: str | None = None
+    detail: str = ""
+
+
+class TickResult(Enum):
+    STEPPED = "stepped"
+    ROLLED_BACK = "rolled_back"  # non-finite loss or gradient: nothing applied
+    IDLE = "idle"  # nothing to do (waiting for a server, or all steps done)
+
+
+class Verdict(Enum):
+    APPLY = "apply"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+    REJECTED = "rejected"
+
+
+@dataclass
+class _Peer:
+    stats: EdgeStats
+    last_seq: int = 0
+    own_step_then: int = 0
+    msg_step_then: int = 0
+    last_heard: float = 0.0
+    active: bool = True
+
+
+class PeerBook:
+    """Receive-side rules and counters of one node (shared by :class:`SiteNode` and
+    :class:`ServerNode`)."""
+
+    def __init__(
+        self,
+        owner: str,
+        peers: Sequence[str],
+        rules: SiteRules,
+        like: torch.Tensor,
+        now: float,
+        staleness: bool = True,
+    ) -> None:
+        self.owner = owner
+        self.rules = rules
+        self.staleness = staleness
+        self.order = {p: k for k, p in enumerate(peers)}
+        self.peers = {p: _Peer(stats=EdgeStats(), last_heard=now) for p in peers}
+        self.strangers: dict[str, EdgeStats] = {}
+        self._numel = like.numel()
+        self._dtype = like.dtype
+
+    def canonical(self, messages: Iterable[Message]) -> list[Message]:
+        """Neighbour order, then sequence number; unknown senders last (they are rejected)."""
+        far = len(self.order)
+        return sorted(messages, key=lambda m: (self.order.get(m.sender, far), m.sender, m.seq))
+
+    def _reject(self, msg: Message, reason: str) -> Verdict:
+        peer = self.peers.get(msg.sender)
+        stats = peer.stats if peer else self.strangers.setdefault(msg.sender, EdgeStats())
+        stats.rejected[reason] = stats.rejected.get(reason, 0) + 1
+        log.debug("%s: rejected a message from %s (%s)", self.owner, msg.sender, reason)
+        return Verdict.REJECTED
+
+    def admit(self, msg: Message, own_step: int, now: float) -> Verdict:
+        peer = self.peers.get(msg.sender)
+        if peer is None:
+            return self._reject(msg, "unknown_sender")
+        if msg.receiver != self.owner:
+            return self._reject(msg, "wrong_receiver")
+        if msg.seq <= peer.last_seq:
+            peer.stats.duplicates += 1
+            return Verdict.DUPLICATE
+        if msg.kind is not MessageKind.HEARTBEAT:
+            p = msg.payload
+            if p is None:
+                return self._reject(msg, "missing_payload")
+            if p.dim() != 1 or p.numel() != self._numel:
+                return self._reject(msg, "shape")
+            if p.dtype != self._dtype:
+                return self._reject(msg, "dtype")
+            if not is_finite_tensor(p):
+                return self._reject(msg, "non_finite")
+        age = (own_step - peer.own_step_then) - (msg.step - peer.msg_step_then)
+        peer.last_seq = msg.seq
+        peer.own_step_then, peer.msg_step_then = own_step, msg.step
+        peer.last_heard = now
+        if self.staleness and age > self.rules.staleness_bound:
+            peer.stats.stale += 1
+            return Verdict.STALE
+        return Verdict.APPLY
+
+    def went_silent(self, now: float) -> list[str]:
+        """Active peers not heard for longer than D (they are marked inactive here)."""
+        out = []
+        for name, peer in self.peers.items():
+            if peer.active and now - peer.last_heard > self.rules.inactive_after:
+                peer.active = False
+                out.append(name)
+        return out
+
+    def stats(self) -> dict[tuple[str, str], EdgeStats]:
+        out = {(p, self.owner): peer.stats for p, peer in self.peers.items()}
+        out.update({(s, self.owner): st for s, st in self.strangers.items()})
+        return out
+
+
+class SiteNode:
+    """One hospital: its algorithm state, its data (objective) and its side of every edge.
+
+    Parameters
+    ----------
+    context:
+        The site's id, neighbours, signs, weight, w0 and step size (see ``SiteContext``).
+    algorithm:
+        The training method (pure transitions).
+    objective:
+        The site's local objective (draws its own minibatches).
+    transport:
+        Where messages go and come from (simulated or gRPC); never blocks.
+    schedule:
+        When each edge's exchange is due.
+    rules:
+        Staleness bound, inactivity deadline, non-finite tolerance.
+    clock:
+        Virtual time (simulation) or ``time.monotonic`` (deployment).
+    steps:
+        Local steps to take; None = no limit (a deployment stops on a signal).
+    lr_schedule:
+        Optional ``step -> mu``; eta * mu is kept constant by the algorithm.
+    """
+
+    def __init__(
+        self,
+        context: SiteContext,
+        algorithm: Algorithm,
+        objective: LocalObjective,
+        transport: Transport,
+        schedule: ExchangeSchedule,
+        rules: SiteRules,
+        clock: Clock,
+        steps: int | None = None,
+        lr_schedule: Callable[[int], float] | None = None,
+    ) -> None:
+        self.site = context.site
+        self.neighbours = context.neighbours
+        self.algorithm = algorithm
+        self.objective = objective
+        self.transport = transport
+        self.schedule = schedule
+        self.rules = rules
+        self.clock = clock
+        self.steps = steps
+        self.lr_schedule = lr_schedule
+        self.lr = context.lr
+        self.state: Any = algorithm.init(context)
+        self.book = PeerBook(self.site, self.neighbours, rules, context.w0, clock())
+        self.step = 0
+        self.losses: list[float] = []
+        self.events: list[Event] = []
+        self.nonfinite_steps = 0  # rolled back, in total
+        self.blocked_sends = 0  # outgoing payloads refused because they were not finite
+        self.isolated = False
+        self._bad_in_a_row = 0
+        self._seq = {j: 0 for j in self.neighbours}
+
+    # ---- what the outside reads -------------------------------------------------------------
+    @property
+    def params(self) -> torch.Tensor:
+        return self.algorithm.params(self.state)
+
+    @property
+    def done(self) -> bool:
+        """All steps taken and not waiting for anything (FedAvg: the last global model)."""
+        return (
+            self.steps is not None and self.step >= self.steps and self.algorithm.ready(self.state)
+        )
+
+    def active_neighbours(self) -> list[str]:
+        return [j for j, p in self.book.peers.items() if p.active]
+
+    def finalize(self) -> torch.Tensor:
+        return self.algorithm.finalize(self.state)
+
+    # ---- the loop body ----------------------------------------------------------------------
+    def tick(self) -> TickResult:
+        """One pass of the loop: receive, liveness, one local step, send."""
+        now = self.clock()
+
+        # ---- 1. receive: apply what arrived, by the rules ----
+        for msg in self.book.canonical(self.transport.poll()):
+            self._receive(msg, now)
+
+        # ---- 2. liveness: edges silent for longer than D go inactive ----
+        for j in self.book.went_silent(now):
+            self.state = self.algorithm.set_edge_active(self.state, j, False)
+            self.events.append(Event(now, self.site, "edge_inactive", j))
+            log.info(
+                "%s: edge to %s inactive (silent > %s)", self.site, j, self.rules.inactive_after
+            )
+        self._update_isolation(now)
+
+        # ---- 3. one local step ----
+        if (self.steps is not None and self.step >= self.steps) or not self.algorithm.ready(
+            self.state
+        ):
+            return TickResult.IDLE
+        if not self._local_step(now):
+            return TickResult.ROLLED_BACK
+
+        # ---- 4. send: per-edge payloads whose exchange is due at this step ----
+        for j in self.schedule.due(self.step):
+            self._send(j)
+        return TickResult.STEPPED
+
+    # ---- phases -----------------------------------------------------------------------------
+    def _receive(self, msg: Message, now: float) -> None:
+        verdict = self.book.admit(msg, self.step, now)
+        if verdict is Verdict.DUPLICATE or verdict is Verdict.REJECTED:
+            return
+        peer = self.book.peers[msg.sender]
+        if not peer.active:
+            peer.active = True
+            self.state = self.algorithm.set_edge_active(self.state, msg.sender, True)
+            self.events.append(Event(now, self.site, "edge_active", msg.sender))
+            log.info("%s: edge to %s active again", self.site, msg.sender)
+        if verdict is Verdict.APPLY and msg.kind is not MessageKind.HEARTBEAT:
+            self.state = self.algorithm.receive(self.state, msg)
+
+    def _update_isolation(self, now: float) -> None:
+        isolated = bool(self.neighbours) and not any(p.active for p in self.book.peers.values())
+        if isolated != self.isolated:
+            self.isolated = isolated
+            kind = "isolated" if isolated else "reconnected"
+            self.events.append(Event(now, self.site, kind))
+            if isolated:
+                log.warning("%s: all neighbours silent; training on alone (isolated)", self.site)
+
+    def _local_step(self, now: float) -> bool:
+        if self.lr_schedule is not None:
+            lr = float(self.lr_schedule(self.step))
+            if lr != self.lr:
+                self.lr = lr
+                self.state = self.algorithm.set_step_size(self.state, lr)
+        loss, grad = self.objective.loss_and_grad(self.algorithm.params(self.state))
+        if not (_finite(loss) and is_finite_tensor(grad)):
+            # roll back: nothing of this step is applied or sent
+            self.nonfinite_steps += 1
+            self._bad_in_a_row += 1
+            self.events.append(Event(now, self.site, "nonfinite_step", detail=str(self.step)))
+            if self._bad_in_a_row >= self.rules.max_nonfinite_steps:
+                raise SiteFailure(
+                    f"site {self.site}: {self._bad_in_a_row} consecutive non-finite "
+                    f"losses/gradients at local step {self.step}; this site stops"
+                )
+            return False
+        self._bad_in_a_row = 0
+        self.state = self.algorithm.local_step(self.state, loss, grad)
+        self.step += 1
+        self.losses.append(float(loss))
+        return True
+
+    def _send(self, j: str) -> None:
+        for out in self.algorithm.outgoing(self.state, j):
+            if not is_finite_tensor(out.payload):
+                self.blocked_sends += 1
+                continue
+            self._seq[j] += 1
+            self.transport.send(
+                Message(self.site, j, out.kind, self.step, self._seq[j], out.payload)
+            )
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+class ServerNode:
+    """The FedAvg/FedProx server's loop: collect, aggregate when every active site sent, reply."""
+
+    def __init__(
+        self,
+        name: str,
+        server: FedAvgServer,
+        state: ServerState,
+        sites: Sequence[str],
+        transport: Transport,
+        rules: SiteRules,
+        clock: Clock,
+    ) -> None:
+        self.site = name
+        self.server = server
+        self.state = state
+        self.sites = tuple(sites)
+        self.transport = transport
+        self.clock = clock
+        self.book = PeerBook(name, self.sites, rules, state.w, clock(), staleness=False)
+        self.events: list[Event] = []
+        self._seq = {s: 0 for s in self.sites}
+
+    def tick(self) -> bool:
+        """Returns True when a round was aggregated and sent."""
+        now = self.clock()
+        # ---- 1. receive ----
+        for msg in self.book.canonical(self.transport.poll()):
+            verdict = self.book.admit(msg, 0, now)
+            if verdict is Verdict.APPLY or verdict is Verdict.STALE:
+                peer = self.book.peers[msg.sender]
+                if not peer.active:
+                    peer.active = True
+                    self.events.append(Event(now, self.site, "edge_active", msg.sender))
+                if verdict is Verdict.APPLY:
+                    self.state = self.server.receive(self.state, msg)
+        # ---- 2. liveness ----
+        for s in self.book.went_silent(now):
+            self.events.append(Event(now, self.site, "edge_inactive", s))
+        # ---- 3. aggregate once every active site has reported ----
+        expected = [s for s, p in self.book.peers.items() if p.active]
+        if not self.server.ready(self.state, expected):
+            return False
+        step = self.state.pending_step
+        self.state = self.server.aggregate(self.state)
+        # ---- 4. send the global model to every site ----
+        payload = self.server.outgoing(self.state)  # one copy, shared read-only by all messages
+        for s in self.sites:
+            self._seq[s] += 1
+            self.transport.send(
+                Message(self.site, s, MessageKind.MODEL, step, self._seq[s], payload)
+            )
+        return True
+
+
+__all__ = [
+    "Event",
+    "ExchangeSchedule",
+    "PeerBook",
+    "ServerNode",
+    "SiteFailure",
+    "SiteNode",
+    "SiteRules",
+    "TickResult",
+]
