@@ -57,7 +57,7 @@ class ModelConfig(Section):
 
 class TrainingConfig(Section):
     batch_size: int = Field(32, gt=0)
-    local_steps: int = Field(1500, gt=0, description="local steps per site (pooled: same images)")
+    local_steps: int = Field(200, gt=0, description="local steps per site (pooled: same images)")
     lr: float = Field(0.05, gt=0, description="step size mu")
     weight_decay: float = Field(1e-4, ge=0, description="added to the loss as 0.5*wd*||w||^2")
     eval_points: int = Field(10, ge=1, description="evaluations along training (learning curves)")

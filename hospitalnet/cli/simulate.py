@@ -1,16 +1,36 @@
-"""`hospitalnet simulate`: not built yet."""
+"""`hospitalnet simulate`: the eight-hospital network on this machine, end to end."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
 
-from hospitalnet.errors import HospitalnetError
+from hospitalnet.config import load_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("simulate", help="(not built yet)")
+    p = sub.add_parser("simulate", help="train ECL and the baselines on the eight-hospital world")
+    p.add_argument("--config", type=Path, default=None, help="experiment YAML (default: defaults)")
+    p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<time>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise HospitalnetError("'hospitalnet simulate' is not built yet")
+    from evaluation.report import render_report
+
+    from hospitalnet.experiment import run_experiment
+
+    cfg = load_config(args.config)
+    out = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    t0 = time.perf_counter()
+    command = "hospitalnet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    run_dir = run_experiment(cfg, out, progress=not args.no_progress, command=command)
+    html = render_report(run_dir.root)
+    print(f"finished in {time.perf_counter() - t0:.0f} s; summary: {run_dir.summary_json}")
+    print(f"report: {Path(html).resolve()}")
+    return 0

@@ -34,8 +34,11 @@ class SmallCNN(nn.Module):
         chans = [1, max(width // 2, 4), width, 2 * width, 4 * width, 4 * width]
         blocks: list[nn.Module] = []
         for cin, cout in zip(chans[:-1], chans[1:]):
-            blocks += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), _gn(cout, groups),
-                       nn.ReLU(inplace=True)]
+            blocks += [
+                nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+                _gn(cout, groups),
+                nn.ReLU(inplace=True),
+            ]
         self.features = nn.Sequential(*blocks)
         self.head = nn.Linear(chans[-1], num_labels)
 
@@ -50,8 +53,7 @@ def _smallcnn(cfg: ModelConfig) -> nn.Module:
 def _resnet18(cfg: ModelConfig) -> nn.Module:
     from torchvision.models import resnet18
 
-    model = resnet18(weights=None, num_classes=NUM_LABELS,
-                     norm_layer=lambda c: _gn(c, cfg.groups))
+    model = resnet18(weights=None, num_classes=NUM_LABELS, norm_layer=lambda c: _gn(c, cfg.groups))
     model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     return model
 
@@ -59,8 +61,13 @@ def _resnet18(cfg: ModelConfig) -> nn.Module:
 def _densenet121(cfg: ModelConfig) -> nn.Module:
     from monai.networks.nets import DenseNet121
 
-    return DenseNet121(spatial_dims=2, in_channels=1, out_channels=NUM_LABELS,
-                       norm=("group", {"num_groups": cfg.groups}), pretrained=False)
+    return DenseNet121(
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=NUM_LABELS,
+        norm=("group", {"num_groups": cfg.groups}),
+        pretrained=False,
+    )
 
 
 MODELS: dict[str, Callable[[ModelConfig], nn.Module]] = {
@@ -75,7 +82,9 @@ def build_model(cfg: ModelConfig, seed: int) -> nn.Module:
     try:
         builder = MODELS[cfg.name]
     except KeyError:
-        raise ConfigError(f"model.name: unknown model {cfg.name!r} (known: {', '.join(MODELS)})") from None
+        raise ConfigError(
+            f"model.name: unknown model {cfg.name!r} (known: {', '.join(MODELS)})"
+        ) from None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = builder(cfg)

@@ -45,8 +45,14 @@ class _EpochSampler:
 class ChestXrayObjective:
     """A site's loss f_i(w): masked BCE of ``model`` on ``images`` (uint8, N x 1 x S x S)."""
 
-    def __init__(self, flat: FlatParams, images: torch.Tensor, labels: torch.Tensor,
-                 batch_size: int, generator: torch.Generator) -> None:
+    def __init__(
+        self,
+        flat: FlatParams,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        generator: torch.Generator,
+    ) -> None:
         if len(images) == 0:
             raise ValueError("ChestXrayObjective: no training images")
         self.flat = flat
@@ -80,8 +86,14 @@ class DatasetObjective:
         result = hospitalnet.simulation.run_network("ecl", objectives, "multiplex_ring", 1000, 0)
     """
 
-    def __init__(self, flat: FlatParams, dataset: Dataset, loss_fn: Callable, batch_size: int,
-                 generator: torch.Generator) -> None:
+    def __init__(
+        self,
+        flat: FlatParams,
+        dataset: Dataset,
+        loss_fn: Callable,
+        batch_size: int,
+        generator: torch.Generator,
+    ) -> None:
         self.flat, self.dataset, self.loss_fn = flat, dataset, loss_fn
         self.num_samples = len(dataset)  # type: ignore[arg-type]
         self.sampler = _EpochSampler(self.num_samples, batch_size, generator)
@@ -101,8 +113,9 @@ class DatasetObjective:
 
 
 @torch.inference_mode()
-def predict_proba(flat: FlatParams, w: torch.Tensor, images: torch.Tensor,
-                  batch_size: int = 512) -> torch.Tensor:
+def predict_proba(
+    flat: FlatParams, w: torch.Tensor, images: torch.Tensor, batch_size: int = 512
+) -> torch.Tensor:
     """Sigmoid probabilities [N, 14] (float32, CPU) of the model at ``w`` on uint8 ``images``."""
     flat.load(w)
     model: nn.Module = flat.model

@@ -1,0 +1,356 @@
+"""The main job: train every configured method on the eight-hospital world and write a run.
+
+One function per phase, in the order the data flows: world -> site tensors -> per-method training
+(the same site loop for every method, pooled included) -> predictions -> run directory. Numbers
+and pictures are the ``evaluation`` package's job (``hospitalnet report`` re-renders them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from hospitalnet import __version__
+from hospitalnet.config import ExperimentConfig, dump_config
+from hospitalnet.data.dataset import SiteTensors, load_site
+from hospitalnet.errors import ConfigError, DataError
+from hospitalnet.labels import LABELS
+from hospitalnet.models import build_model
+from hospitalnet.models.flat import FlatParams
+from hospitalnet.rundir import RunDir, atomic_write_bytes, key, write_arrays, write_json
+from hospitalnet.seeding import int_seed, torch_generator
+from hospitalnet.simulation import SimulationResult, run_network, run_pooled
+from hospitalnet.training.objective import ChestXrayObjective, predict_proba
+from hospitalnet.world import ensure_world
+
+log = logging.getLogger(__name__)
+POOLED = "pooled"
+GLOBAL = "global"
+
+
+@dataclass
+class World:
+    """The decoded data of a run: each site's train / local-test tensors and the global test set."""
+
+    train: dict[str, SiteTensors]
+    local_test: dict[str, SiteTensors]
+    global_test: SiteTensors
+    loaders: dict[str, str]
+    descriptions: dict[str, str]
+    partition: dict
+
+
+def load_world(cfg: ExperimentConfig, root: Path, *, progress: bool) -> World:
+    partition = json.loads((root / "partition.json").read_text())
+    cache = root / "cache"
+    train, local, loaders, descriptions = {}, {}, {}, {}
+    for site in tqdm(
+        list(partition["sites"]), desc="load sites", unit="site", disable=not progress
+    ):
+        tensors, loader, desc = load_site(
+            root / "sites" / site / f"{site}.yaml", cfg.data.image_size, cache, progress=progress
+        )
+        train[site], local[site] = tensors.subset("train"), tensors.subset("test")
+        loaders[site], descriptions[site] = loader, desc
+        if len(train[site]) == 0:
+            raise DataError(f"site {site}: no training images; it cannot take part")
+    global_test, _, _ = load_site(
+        root / "sites" / GLOBAL / f"{GLOBAL}.yaml", cfg.data.image_size, cache, progress=progress
+    )
+    return World(train, local, global_test.subset("test"), loaders, descriptions, partition)
+
+
+def _pooled_tensors(world: World) -> SiteTensors:
+    parts = list(world.train.values())
+    offsets = np.cumsum([0] + [int(p.patients.max()) + 1 for p in parts[:-1]])
+    return SiteTensors(
+        POOLED,
+        torch.cat([p.images for p in parts]),
+        torch.cat([p.labels for p in parts]),
+        torch.cat([p.patients + int(o) for p, o in zip(parts, offsets)]),
+        np.concatenate([p.split for p in parts]),
+        np.concatenate([p.views for p in parts]),
+    )
+
+
+def train_method(
+    method: str,
+    cfg: ExperimentConfig,
+    world: World,
+    flat: FlatParams,
+    w0: torch.Tensor,
+    *,
+    progress: bool,
+) -> tuple[SimulationResult, dict, float]:
+    """Train one method; return its result, its stored predictions and its wall seconds."""
+    sites = list(world.train)
+    steps = cfg.training.local_steps
+    batch = cfg.training.batch_size
+    n_train = sum(len(t) for t in world.train.values())
+    preds: dict[str, np.ndarray] = {}
+    eval_points: list[dict] = []
+    if method == POOLED:
+        # The same images as all sites together: one model, n_sites times the local steps.
+        total_steps, parallel = steps * len(sites), 1
+    else:
+        total_steps, parallel = steps, len(sites)
+    every = total_steps / cfg.training.eval_points
+
+    def on_eval(k: int, params: dict[str, torch.Tensor]) -> None:
+        point = len(eval_points)
+        eval_points.append(
+            {
+                "k": point,
+                "local_steps": int(k),
+                "virtual_time": float(k),
+                "epochs": float(k) * batch * parallel / n_train,
+            }
+        )
+        for site in sites:
+            w = params[POOLED] if method == POOLED else params[site]
+            p = predict_proba(flat, w, world.global_test.images)
+            preds[key("curve", point, site, GLOBAL)] = p.numpy().astype(np.float16)
+
+    bar = tqdm(total=total_steps, desc=f"train {method}", unit="step", disable=not progress)
+
+    def on_progress(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+
+    t0 = time.perf_counter()
+    seed = cfg.seed
+    if method == POOLED:
+        pooled = _pooled_tensors(world)
+        obj = ChestXrayObjective(
+            flat, pooled.images, pooled.labels, batch, torch_generator(seed, "batches", POOLED)
+        )
+        result = run_pooled(
+            obj,
+            total_steps,
+            seed,
+            training=cfg.training,
+            w0=w0,
+            eval_every=every,
+            eval_fn=on_eval,
+            progress=on_progress,
+        )
+        finals = {site: result.params[POOLED] for site in sites}
+    else:
+        objectives = {
+            site: ChestXrayObjective(
+                flat,
+                world.train[site].images,
+                world.train[site].labels,
+                batch,
+                torch_generator(seed, "batches", site),
+            )
+            for site in sites
+        }
+        result = run_network(
+            method,
+            objectives,
+            cfg.topology,
+            steps,
+            seed,
+            training=cfg.training,
+            ecl=cfg.ecl,
+            fedprox=cfg.fedprox,
+            network=cfg.network,
+            w0=w0,
+            eval_every=every,
+            eval_fn=on_eval,
+            progress=on_progress,
+        )
+        finals = result.params
+    bar.update(total_steps - bar.n)
+    bar.close()
+    wall = time.perf_counter() - t0
+    for site in sites:
+        preds[key("final", site, GLOBAL)] = predict_proba(
+            flat, finals[site], world.global_test.images
+        ).numpy()
+        preds[key("final", site, f"local_{site}")] = predict_proba(
+            flat, finals[site], world.local_test[site].images
+        ).numpy()
+    history = {
+        "eval_points": eval_points,
+        "loss": [
+            {"site": s, "local_step": i, "loss": float(np.mean(v[i : i + 10]))}
+            for s, v in result.losses.items()
+            for i in range(0, len(v), 10)
+        ],
+        "events": [
+            {"time": e.time, "site": e.site, "kind": e.kind, "peer": e.peer, "detail": e.detail}
+            for e in result.events
+        ],
+        "images_per_second": total_steps * batch / max(wall, 1e-9),
+    }
+    return result, {"predictions": preds, "history": history}, wall
+
+
+def _network_summary(result: SimulationResult) -> dict:
+    edges: dict[tuple[str, str], dict] = {}
+    for (a, b), st in result.edge_stats.items():
+        lo, hi = sorted((a, b))
+        e = edges.setdefault(
+            (lo, hi),
+            {
+                "a": lo,
+                "b": hi,
+                "messages": {},
+                "bytes": {},
+                "dropped": 0,
+                "stale": 0,
+                "duplicates": 0,
+                "rejected": 0,
+                "inactive_events": 0,
+                "active_at_end": True,
+            },
+        )
+        e["messages"][f"{a}->{b}"] = st.messages_sent
+        e["bytes"][f"{a}->{b}"] = st.bytes_sent
+        e["dropped"] += st.dropped
+        e["stale"] += st.stale
+        e["duplicates"] += st.duplicates
+        e["rejected"] += sum(st.rejected.values())
+    for ev in result.events:
+        if ev.peer is None:
+            continue
+        e = edges.get(tuple(sorted((ev.site, ev.peer))))
+        if e is None:
+            continue
+        if ev.kind == "edge_inactive":
+            e["inactive_events"] += 1
+            e["active_at_end"] = False
+        elif ev.kind == "edge_active":
+            e["active_at_end"] = True
+    return {
+        "edges": list(edges.values()),
+        "isolated_sites": list(result.isolated),
+        "dead_sites": sorted(result.failed),
+    }
+
+
+def _data_summary(world: World) -> dict:
+    part = world.partition
+    sites = {}
+    for site, s in part["sites"].items():
+        sites[site] = {
+            **{
+                k: s[k]
+                for k in (
+                    "description",
+                    "patients",
+                    "train_images",
+                    "test_images",
+                    "prevalence",
+                    "jsd",
+                    "views",
+                )
+            },
+            "loader": world.loaders[site],
+        }
+    return {
+        "labels": list(LABELS),
+        "sites": sites,
+        "pooled": {
+            "train_images": part["pooled"]["images"],
+            "prevalence": part["pooled"]["prevalence"],
+        },
+        "global_test": {k: part["global_test"][k] for k in ("images", "patients", "prevalence")},
+    }
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    out: Path,
+    *,
+    progress: bool = True,
+    command: str = "hospitalnet simulate",
+) -> RunDir:
+    """Run every method of ``cfg`` and write the run directory ``out`` (without the report)."""
+    t_start = time.perf_counter()
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if not cfg.methods:
+        raise ConfigError("methods: at least one method is needed")
+    if cfg.training.device not in ("cpu", "auto") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"training.device: {cfg.training.device!r} requested but CUDA is not available"
+        )
+    run = RunDir(out)
+    run.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(run.config, dump_config(cfg).encode())
+
+    root = ensure_world(cfg, progress=progress)
+    world = load_world(cfg, root, progress=progress)
+    sites = list(world.train)
+
+    model = build_model(cfg.model, int_seed(cfg.seed, "model", "init"))
+    flat = FlatParams(model, cfg.model.name)
+    w0 = flat.flat.detach().clone()
+
+    testsets = {
+        key(GLOBAL, "labels"): world.global_test.labels.numpy(),
+        key(GLOBAL, "patients"): world.global_test.patients.numpy(),
+    }
+    for site in sites:
+        testsets[key(f"local_{site}", "labels")] = world.local_test[site].labels.numpy()
+        testsets[key(f"local_{site}", "patients")] = world.local_test[site].patients.numpy()
+    write_arrays(run.testsets, testsets)
+    write_json(run.data_json, _data_summary(world))
+
+    network: dict = {"topology": None, "methods": {}}
+    walls: dict[str, float] = {}
+    throughput: dict[str, float] = {}
+    for method in cfg.methods:
+        result, stored, walls[method] = train_method(
+            method, cfg, world, flat, w0, progress=progress
+        )
+        throughput[method] = stored["history"]["images_per_second"]
+        write_arrays(run.predictions(method), stored["predictions"])
+        write_json(run.history(method), stored["history"])
+        if result.edge_stats:
+            network["methods"][method] = _network_summary(result)
+        if result.topology is not None and result.topology.edges and network["topology"] is None:
+            network["topology"] = {
+                "kind": cfg.topology.kind,
+                "nodes": list(result.topology.nodes),
+                "edges": [list(e) for e in result.topology.edges],
+            }
+        log.info("%s: %.1f s, %.0f images/s", method, walls[method], throughput[method])
+    if network["topology"] is None:
+        network["topology"] = {"kind": cfg.topology.kind, "nodes": sites, "edges": []}
+    write_json(run.network_json, network)
+    write_json(
+        run.run_json,
+        {
+            "seed": cfg.seed,
+            "mode": "simulation",
+            "methods": list(cfg.methods),
+            "sites": sites,
+            "started": started,
+            "command": command,
+            "device": "cpu",
+            "wall_seconds": {"total": time.perf_counter() - t_start, "per_method": walls},
+            "images_per_second": throughput,
+            "versions": {
+                "hospitalnet": __version__,
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "numpy": np.__version__,
+                "platform": f"{platform.system()} {platform.machine()}",
+                "torch_threads": torch.get_num_threads(),
+            },
+            "argv": sys.argv[1:],
+        },
+    )
+    return run
