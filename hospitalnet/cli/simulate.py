@@ -22,7 +22,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from evaluation.report import render_report
-
     from hospitalnet.experiment import run_experiment
 
     cfg = load_config(args.config)
@@ -30,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     command = "hospitalnet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     run_dir = run_experiment(cfg, out, progress=not args.no_progress, command=command)
-    html = render_report(run_dir.root)
+    html = render_report(run_dir.root).html
     print(f"finished in {time.perf_counter() - t0:.0f} s; summary: {run_dir.summary_json}")
     print(f"report: {Path(html).resolve()}")
     return 0
