@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from hospitalnet.data.base import SiteLoader
+from hospitalnet.data.chestmnist import ChestMnistLoader
+from hospitalnet.data.csv_loader import CsvLoader
+from hospitalnet.data.dicom import DicomLoader
 from hospitalnet.errors import ConfigError
 
 LOADERS: dict[str, type[SiteLoader]] = {}
+LOADERS["dicom"] = DicomLoader
+LOADERS["csv"] = CsvLoader
+LOADERS["chestmnist"] = ChestMnistLoader
 
 
 def get_loader(name: str, *, source: str) -> type[SiteLoader]:
