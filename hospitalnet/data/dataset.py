@@ -41,7 +41,7 @@ from hospitalnet.data.base import SiteLoader
 from hospitalnet.data.indexing import BadImageError, check_index, describe_counts
 from hospitalnet.data.manifest import load_manifest
 from hospitalnet.data.registry import get_loader
-from hospitalnet.errors import DataError
+from hospitalnet.errors import ConfigError, DataError
 from hospitalnet.labels import LABELS, NUM_LABELS
 from hospitalnet.seeding import numpy_rng
 
@@ -323,6 +323,11 @@ def load_site_tensors(
         Show a tqdm bar while decoding.
     """
     policy = _resolve_on_bad(loader, on_bad)
+    if cache_dir is not None and Path(cache_dir).resolve().is_relative_to(
+        Path(loader.root).resolve()
+    ):
+        # The cache would become part of the source it fingerprints (and be scanned as data).
+        raise ConfigError(f"{loader.source}: the cache folder must be outside the data root")
     if cache_dir is None:
         return decode_site(loader, image_size, on_bad=policy, progress=progress)  # type: ignore[arg-type]
     fingerprint = loader.fingerprint()

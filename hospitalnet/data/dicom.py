@@ -235,20 +235,35 @@ def decoder_problem(syntax: UID) -> str:
 
 def _to_presentation(stored: np.ndarray, ds: Dataset, name: str) -> np.ndarray:
     try:
-        values = apply_modality_lut(stored, ds)
-        voi = voi_kind(ds)
-        if voi:
-            values = apply_voi_lut(values, ds)
-        lo, hi = voi_lut_range(ds) if voi == "lut" else modality_range(ds)
+        if stored.dtype.kind in "iu" and int(stored.max()) - min(int(stored.min()), 0) <= 2**16:
+            # Every step is a function of the stored value alone, so run the pipeline once over
+            # the values that occur and look the pixels up (same result, ~10x faster at 1024 px
+            # than windowing a million float64 pixels).
+            first = 0 if stored.dtype.kind == "u" else int(stored.min())
+            domain = np.arange(first, int(stored.max()) + 1).astype(stored.dtype)
+            table = _presentation_values(domain, ds, name).astype(np.float32)
+            if first == 0:
+                return table[stored]  # unsigned: the stored value is the table row
+            return table[np.subtract(stored, first, dtype=np.int64)]
+        return _presentation_values(stored, ds, name).astype(np.float32)
     except (ValueError, TypeError, AttributeError, KeyError, IndexError, NotImplementedError):
         raise BadImageError(name, "unsupported or corrupt grayscale transform attributes") from None
+
+
+def _presentation_values(stored: np.ndarray, ds: Dataset, name: str) -> np.ndarray:
+    """Modality LUT, VOI, normalisation to [0, 1], inversion: float64 presentation values."""
+    values = apply_modality_lut(stored, ds)
+    voi = voi_kind(ds)
+    if voi:
+        values = apply_voi_lut(values, ds)
+    lo, hi = voi_lut_range(ds) if voi == "lut" else modality_range(ds)
     if not hi > lo:
         raise BadImageError(name, "empty output range of the grayscale transform")
     image = (np.asarray(values, dtype=np.float64) - lo) / (hi - lo)
     np.clip(image, 0.0, 1.0, out=image)
     if is_inverted(ds):
         image = 1.0 - image
-    return image.astype(np.float32)
+    return image
 
 
 def voi_kind(ds: Dataset) -> Literal["lut", "window", ""]:

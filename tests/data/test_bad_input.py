@@ -441,9 +441,10 @@ def test_bad_split_value_is_an_error(tmp_path):
     ],
 )
 def test_bad_dicom_at_ingest_stops_or_is_counted_never_zero_filled(tmp_path, damage, reason):
-    make_dicom_site(tmp_path)
-    bad = tmp_path / "study02/IM0001.dcm"
-    loader = DicomLoader(str(tmp_path))
+    root = tmp_path / "site"
+    make_dicom_site(root)
+    bad = root / "study02/IM0001.dcm"
+    loader = DicomLoader(str(root))
     bad_id = loader.index()["image_id"][2]
     if damage == "truncate":
         _truncate(bad)
@@ -455,9 +456,9 @@ def test_bad_dicom_at_ingest_stops_or_is_counted_never_zero_filled(tmp_path, dam
         )
 
     with pytest.raises(DataError, match=reason.replace("(", r"\(").replace(")", r"\)")):
-        load_site_tensors(DicomLoader(str(tmp_path)), 16, None, progress=False)
+        load_site_tensors(DicomLoader(str(root)), 16, None, progress=False)
     tensors = load_site_tensors(
-        DicomLoader(str(tmp_path), {"on_bad": "skip"}), 16, tmp_path / "cache", progress=False
+        DicomLoader(str(root), {"on_bad": "skip"}), 16, tmp_path / "cache", progress=False
     )
 
     assert tensors.skipped == 1 and tensors.skip_reasons == {reason: 1}

@@ -23,7 +23,7 @@ from hospitalnet.data.dataset import (
 )
 from hospitalnet.data.dicom import DicomLoader
 from hospitalnet.data.indexing import assemble_index
-from hospitalnet.errors import DataError
+from hospitalnet.errors import ConfigError, DataError
 from hospitalnet.labels import LABELS
 
 
@@ -286,3 +286,10 @@ def test_local_split_keeps_existing_sides():
 
     assert (out.split[t.patients.numpy() == 0] == "test").all()
     assert set(out.split) <= {"train", "test"}
+
+
+def test_a_cache_inside_the_data_root_is_refused(tmp_path):
+    make_csv_site(tmp_path / "site")
+
+    with pytest.raises(ConfigError, match="cache folder must be outside the data root"):
+        load_site_tensors(CsvLoader(str(tmp_path / "site")), 8, tmp_path / "site/cache")
