@@ -23,6 +23,7 @@ from tqdm import tqdm
 from hospitalnet import __version__
 from hospitalnet.config import ExperimentConfig, dump_config
 from hospitalnet.data.dataset import SiteTensors, load_site
+from hospitalnet.data.manifest import load_manifest
 from hospitalnet.errors import ConfigError, DataError
 from hospitalnet.labels import LABELS
 from hospitalnet.models import build_model
@@ -38,13 +39,30 @@ POOLED = "pooled"
 GLOBAL = "global"
 
 
+@dataclass(frozen=True)
+class Split:
+    """One split of a site's decoded images: what training and evaluation need."""
+
+    images: torch.Tensor  # uint8 [N, 1, S, S]
+    labels: torch.Tensor  # float32 [N, 14], NaN = unknown
+    patients: torch.Tensor  # int64 [N] pseudonymous codes
+
+    @classmethod
+    def of(cls, tensors: SiteTensors, split: str) -> Split:
+        idx = torch.from_numpy(tensors.indices(split))
+        return cls(tensors.images[idx], tensors.labels[idx], tensors.patients[idx])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
 @dataclass
 class World:
     """The decoded data of a run: each site's train / local-test tensors and the global test set."""
 
-    train: dict[str, SiteTensors]
-    local_test: dict[str, SiteTensors]
-    global_test: SiteTensors
+    train: dict[str, Split]
+    local_test: dict[str, Split]
+    global_test: Split
     loaders: dict[str, str]
     descriptions: dict[str, str]
     partition: dict
@@ -57,29 +75,25 @@ def load_world(cfg: ExperimentConfig, root: Path, *, progress: bool) -> World:
     for site in tqdm(
         list(partition["sites"]), desc="load sites", unit="site", disable=not progress
     ):
-        tensors, loader, desc = load_site(
-            root / "sites" / site / f"{site}.yaml", cfg.data.image_size, cache, progress=progress
-        )
-        train[site], local[site] = tensors.subset("train"), tensors.subset("test")
-        loaders[site], descriptions[site] = loader, desc
+        manifest_path = root / "sites" / site / f"{site}.yaml"
+        manifest, _ = load_manifest(manifest_path)
+        tensors = load_site(manifest_path, cfg.data.image_size, cache, progress=progress)
+        train[site], local[site] = Split.of(tensors, "train"), Split.of(tensors, "test")
+        loaders[site], descriptions[site] = manifest.data.loader, manifest.description
         if len(train[site]) == 0:
             raise DataError(f"site {site}: no training images; it cannot take part")
-    global_test, _, _ = load_site(
+    global_test = load_site(
         root / "sites" / GLOBAL / f"{GLOBAL}.yaml", cfg.data.image_size, cache, progress=progress
     )
-    return World(train, local, global_test.subset("test"), loaders, descriptions, partition)
+    return World(train, local, Split.of(global_test, "test"), loaders, descriptions, partition)
 
 
-def _pooled_tensors(world: World) -> SiteTensors:
+def _pooled(world: World) -> Split:
     parts = list(world.train.values())
-    offsets = np.cumsum([0] + [int(p.patients.max()) + 1 for p in parts[:-1]])
-    return SiteTensors(
-        POOLED,
+    return Split(
         torch.cat([p.images for p in parts]),
         torch.cat([p.labels for p in parts]),
-        torch.cat([p.patients + int(o) for p, o in zip(parts, offsets)]),
-        np.concatenate([p.split for p in parts]),
-        np.concatenate([p.views for p in parts]),
+        torch.zeros(0, dtype=torch.int64),
     )
 
 
@@ -129,7 +143,7 @@ def train_method(
     t0 = time.perf_counter()
     seed = cfg.seed
     if method == POOLED:
-        pooled = _pooled_tensors(world)
+        pooled = _pooled(world)
         obj = ChestXrayObjective(
             flat, pooled.images, pooled.labels, batch, torch_generator(seed, "batches", POOLED)
         )

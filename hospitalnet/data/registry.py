@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from hospitalnet.data.base import SiteLoader
+from hospitalnet.data.chestmnist import ChestMnistLoader
+from hospitalnet.data.csv_loader import CsvLoader
+from hospitalnet.data.dicom import DicomLoader
 from hospitalnet.data.nih import NihLoader
 from hospitalnet.errors import ConfigError
 
 LOADERS: dict[str, type[SiteLoader]] = {
     NihLoader.name: NihLoader,
+    DicomLoader.name: DicomLoader,
+    CsvLoader.name: CsvLoader,
+    ChestMnistLoader.name: ChestMnistLoader,
 }
 
 

@@ -1,0 +1,182 @@
+"""The ``csv`` site loader: a manifest CSV listing image files (PNG, JPEG or DICOM) under a root.
+
+The generic format for a hospital that exports images plus a table: one row per image with its
+path (relative to the data root), patient id, pipe-separated labels and optionally view and split.
+Column names are options, so an existing export can be read without rewriting it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from hospitalnet.config import Section
+from hospitalnet.data.base import SiteLoader, pseudonymise
+from hospitalnet.data.dicom import read_dicom
+from hospitalnet.data.indexing import (
+    BadImageError,
+    assemble_index,
+    describe_counts,
+    files_fingerprint,
+    parse_labels_cell,
+    parse_split,
+    parse_view,
+    safe_relative_path,
+)
+from hospitalnet.data.raster import RASTER_SUFFIXES, read_raster
+from hospitalnet.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+class CsvColumns(Section):
+    """Column names in the manifest CSV (``view``, ``split`` and ``image_id`` may be absent)."""
+
+    path: str = Field("path", description="image path relative to the data root")
+    patient_id: str = Field("patient_id", description="patient identifier (pseudonymised)")
+    labels: str = Field("labels", description="pipe-separated labels; empty = unknown")
+    view: str = Field("view", description="PA or AP (optional column)")
+    split: str = Field("split", description="train, test or empty (optional column)")
+    image_id: str = Field("image_id", description="optional; else the file's base name")
+
+
+class CsvLoader(SiteLoader):
+    """Images listed in a manifest CSV; PNG/JPEG through Pillow, ``.dcm`` through read_dicom.
+
+    Paths must be relative to the data root and stay inside it (no ``..``, not absolute). Image
+    ids are the ``image_id`` column when present, else the file's base name (which must then be
+    unique). Colour PNG/JPEG files are converted to gray and counted in ``notes_``.
+    """
+
+    name = "csv"
+
+    class Options(SiteLoader.Options):
+        manifest: str = Field("manifest.csv", description="manifest CSV file in the data root")
+        columns: CsvColumns = CsvColumns()
+        on_bad: Literal["error", "skip"] = Field(
+            "error", description="bad image: stop with its error, or skip it and count it"
+        )
+        unknown_labels: Literal["error", "drop"] = Field(
+            "error", description="unknown label name: stop, or drop the name and count it"
+        )
+
+    options: Options
+
+    def __init__(
+        self, root: str, options: dict[str, Any] | None = None, *, source: str = ""
+    ) -> None:
+        super().__init__(root, options, source=source)
+        self.root_path = Path(root)
+        self.skipped_: Counter[str] = Counter()
+        self.notes_: Counter[str] = Counter()
+        self._paths: dict[str, Path] | None = None
+
+    def _read_manifest(self) -> tuple[pd.DataFrame, list[Path]]:
+        name, cols = self.options.manifest, self.options.columns
+        try:
+            table = pd.read_csv(self.root_path / name, dtype=str, keep_default_na=False)
+        except FileNotFoundError:
+            raise DataError(f"{name}: manifest CSV not found in the data root") from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise DataError(f"{name}: not a readable CSV ({type(err).__name__})") from None
+        table.columns = [c.strip() for c in table.columns]
+        for column in (cols.path, cols.patient_id, cols.labels):
+            if column not in table.columns:
+                raise DataError(f"{name}: no {column!r} column (set options.columns)")
+        paths = [
+            self.root_path / safe_relative_path(text, source=f"{name} row {i + 2}")
+            for i, text in enumerate(table[cols.path])
+        ]
+        return table, paths
+
+    def fingerprint(self) -> str:
+        _, paths = self._read_manifest()
+        return files_fingerprint(
+            self.root_path,
+            [self.root_path / self.options.manifest, *paths],
+            loader=self.name,
+            options=self.options.model_dump(),
+        )
+
+    def index(self) -> pd.DataFrame:
+        name, cols = self.options.manifest, self.options.columns
+        table, paths = self._read_manifest()
+        self.skipped_, self.notes_ = Counter(), Counter()
+        has_id = cols.image_id in table.columns
+        ids, patients, views, splits, label_rows = [], [], [], [], []
+        by_id: dict[str, Path] = {}
+        dropped: list[str] = []
+        for i, (row, path) in enumerate(zip(table.to_dict("records"), paths)):
+            where = f"{name} row {i + 2}"
+            image_id = str(row[cols.image_id]).strip() if has_id else path.name
+            if not image_id:
+                raise DataError(f"{where}: empty image id")
+            if not path.is_file():
+                self._bad(BadImageError(image_id, "listed image not found"))
+                continue
+            raw_patient = str(row[cols.patient_id]).strip()
+            if not raw_patient:
+                raise DataError(f"{where}: empty patient id")
+            ids.append(image_id)
+            patients.append(pseudonymise(raw_patient))  # the raw id goes no further
+            views.append(parse_view(row.get(cols.view, "")))
+            splits.append(parse_split(row.get(cols.split, ""), source=where))
+            label_rows.append(
+                parse_labels_cell(
+                    row[cols.labels],
+                    source=where,
+                    unknown=self.options.unknown_labels,
+                    dropped=dropped,
+                )
+            )
+            by_id[image_id] = path
+        if dropped:
+            self.notes_["unknown label names dropped"] += len(dropped)
+            logger.warning("%s: dropped %d unknown label name(s)", name, len(dropped))
+        if self.skipped_:
+            logger.warning(
+                "%s: skipped %d listed image(s): %s",
+                name,
+                sum(self.skipped_.values()),
+                describe_counts(self.skipped_),
+            )
+        labels = np.array(label_rows, dtype=np.float32).reshape(len(ids), -1)
+        index = assemble_index(ids, patients, views, splits, labels, source=name)
+        self._paths = by_id
+        return index
+
+    def read_image(self, image_id: str) -> np.ndarray:
+        if self._paths is None:
+            self.index()
+        assert self._paths is not None
+        path = self._paths.get(image_id)
+        if path is None:
+            raise BadImageError(image_id, "not in this site's index")
+        suffix = path.suffix.lower()
+        if suffix in DICOM_SUFFIXES:
+            return read_dicom(path, image_id=image_id)
+        if suffix not in RASTER_SUFFIXES:
+            raise BadImageError(image_id, f"unsupported file type {suffix!r} (PNG, JPEG or DICOM)")
+        image, colour = read_raster(path, image_id=image_id)
+        if colour:
+            if not self.notes_["colour images converted to gray"]:
+                logger.warning(
+                    "%s: colour images found; converted to gray (BT.601 luma) and counted",
+                    self.options.manifest,
+                )
+            self.notes_["colour images converted to gray"] += 1
+        return image
+
+    def _bad(self, err: BadImageError) -> None:
+        if self.options.on_bad == "error":
+            raise err
+        self.skipped_[err.reason] += 1
+        logger.debug("skipped %s", err)
