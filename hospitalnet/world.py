@@ -4,7 +4,9 @@ Layout (``HOSPITALNET_WORLD``, default ``~/.cache/hospitalnet/world`` for the de
 other settings get a sibling folder named by their hash)::
 
     WORLD/nih/                 the pooled synthetic ChestX-ray14 set (NIH layout)
-    WORLD/sites/<site>/        each hospital's manifest and image list (``hospitalnet partition``)
+    WORLD/sites/<site>/        each hospital's manifest and image list (``hospitalnet partition``);
+                               the sites of STORAGE keep their images in their own format there
+                               (DICOM, or PNG + CSV manifest), as real hospitals do
     WORLD/partition.json       the skew summary
     WORLD/cache/               decoded tensors per site and image size
     WORLD/READY                written last: the settings the world was made with
@@ -19,11 +21,42 @@ import os
 import shutil
 from pathlib import Path
 
+import yaml
+
 from hospitalnet.config import ExperimentConfig, PartitionConfig, WorldConfig
+from hospitalnet.data.export import export_site_as_csv, export_site_as_dicom
+from hospitalnet.data.manifest import load_manifest
+from hospitalnet.data.nih import NihLoader
 from hospitalnet.data.partition import partition_dataset
 from hospitalnet.data.synthetic import write_world
 
 log = logging.getLogger(__name__)
+
+
+# How some hospitals of the default world store their images, so that the default simulation
+# really runs site-specific loaders: a DICOM archive written as DX MONOCHROME2, a CR archive in
+# MONOCHROME1 with rescale slope/intercept and a VOI window, and a PNG tree with a CSV manifest.
+STORAGE: dict[str, str] = {"n4": "dicom-mono2", "n6": "dicom-mono1-voi", "n7": "csv"}
+
+
+def _store_site(root: Path, site: str, storage: str, seed: int) -> None:
+    """Re-write ``site``'s images in ``storage`` format and point its manifest at them."""
+    manifest_path = root / "sites" / site / f"{site}.yaml"
+    manifest, data_root = load_manifest(manifest_path)
+    loader = NihLoader(str(data_root), manifest.data.options, source=str(manifest_path))
+    index = loader.index()
+    out = root / "sites" / site / "archive"
+    shutil.rmtree(out, ignore_errors=True)
+    if storage == "csv":
+        export_site_as_csv(index, loader.read_image, out, seed=seed)
+        data = {"loader": "csv", "root": str(out), "options": {"manifest": "manifest.csv"}}
+    else:
+        style = "mono2" if storage == "dicom-mono2" else "mono1_voi"
+        export_site_as_dicom(index, loader.read_image, out, style=style, seed=seed)
+        data = {"loader": "dicom", "root": str(out), "options": {"labels_csv": "labels.csv"}}
+    text = manifest.model_dump(mode="json")
+    text["data"] = data
+    manifest_path.write_text(yaml.safe_dump(text, sort_keys=False))
 
 
 def _settings(cfg: ExperimentConfig) -> dict:
@@ -31,7 +64,7 @@ def _settings(cfg: ExperimentConfig) -> dict:
         "world": cfg.world.model_dump(exclude={"cache_dir"}),
         "partition": cfg.partition.model_dump(),
         "seed": cfg.seed,
-        "version": 1,
+        "version": 2,
     }
 
 
@@ -75,5 +108,8 @@ def ensure_world(cfg: ExperimentConfig, *, progress: bool = True) -> Path:
         seed=cfg.seed,
         local_test_fraction=cfg.partition.local_test_fraction,
     )
+    for site, storage in STORAGE.items():
+        if (root / "sites" / site).is_dir():
+            _store_site(root, site, storage, cfg.seed)
     ready.write_text(json.dumps(_settings(cfg)))
     return root
