@@ -248,6 +248,7 @@ def run_network(
             sim.clock,
             steps=steps,
             lr_schedule=lr_schedule,
+            linger=network.linger,
         )
     if server_mode:
         server = FedAvgServer()

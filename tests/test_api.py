@@ -10,6 +10,15 @@ from hospitalnet.errors import ConfigError
 from hospitalnet.objective import QuadraticObjective
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny tensors: intra-op threads only add contention (10x+ on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def sites():
     return {f"n{k}": QuadraticObjective(torch.full((3,), float(k)), 10 * k) for k in range(1, 5)}
 

@@ -18,6 +18,16 @@ from hospitalnet.simulation import (
     run_pooled,
 )
 
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny tensors: intra-op threads only add contention (10x+ on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 SITES = [f"n{k}" for k in range(1, 9)]
 SIZES = [10, 20, 30, 40, 50, 60, 70, 80]
 DIM = 4
@@ -273,3 +283,16 @@ def test_bad_inputs_are_one_line_config_errors():
     empty["n1"].num_samples = 0
     with pytest.raises(ConfigError, match="site n1: no training samples"):
         run(objectives=empty)
+
+
+def test_lingering_sites_only_add_messages_after_their_last_step():
+    net = NetworkConfig(site_speed={"n4": 0.5})
+    on = run(steps=200, network=net)
+    off = run(steps=200, network=net.model_copy(update={"linger": False}))
+    assert on.steps == off.steps
+    assert on.messages_sent > off.messages_sent
+    # until the first site finishes, both runs are the same run
+    first_done = min(off.finish_time.values())
+    assert [e for e in on.events if e.time < first_done] == [
+        e for e in off.events if e.time < first_done
+    ]

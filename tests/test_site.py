@@ -23,6 +23,15 @@ from hospitalnet.transport.base import Transport
 DIM = 3
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny tensors: intra-op threads only add contention (10x+ on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class Mailbox(Transport):
     """Sends are recorded; what is put in ``inbox`` is returned by the next poll."""
 
