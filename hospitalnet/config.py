@@ -98,6 +98,11 @@ class NetworkConfig(Section):
         description="each edge exchanges at its own seeded offset; false = all edges on the "
         "same steps (synchronous rounds)",
     )
+    linger: bool = Field(
+        True,
+        description="after its last step an ECL site keeps exchanging duals (model unchanged) "
+        "until every site has finished, so stragglers do not end alone",
+    )
     compute_jitter: float = Field(
         0.1, ge=0, lt=1, description="simulation: compute time per step varies by +- this fraction"
     )

@@ -248,6 +248,7 @@ def run_network(
             sim.clock,
             steps=steps,
             lr_schedule=lr_schedule,
+            linger=network.linger,
         )
     if server_mode:
         server = FedAvgServer()
@@ -345,7 +346,8 @@ class _Simulation:
         self._token: dict[str, int] = {}
         self._pending: dict[str, float] = {}  # time of the node's live tick event
         self._idle: set[str] = set()
-        self._live: set[str] = set(sites)
+        self._live: set[str] = set(sites)  # not finished, failed or dead: the run waits for them
+        self._ticking: set[str] = set(sites)  # still scheduled (live, or lingering after done)
         self._speed = {s: float(cfg.site_speed.get(s, 1.0)) for s in sites}
         self._compute_rng = {s: numpy_rng(seed, "sim", "compute", s) for s in sites}
 
@@ -396,7 +398,7 @@ class _Simulation:
             t, kind, _, who, token = heapq.heappop(self._heap)
             self.now = t
             if kind == _TICK:
-                if token != self._token[who] or who not in self._live:
+                if token != self._token[who] or who not in self._ticking:
                     continue
                 stepped = self._tick_site(who, t)
                 if stepped:
@@ -423,6 +425,7 @@ class _Simulation:
         if outage is not None:
             if math.isinf(outage.end):
                 self._live.discard(site)
+                self._ticking.discard(site)
                 return False
             self._schedule_tick(site, outage.end)
             return False
@@ -436,11 +439,14 @@ class _Simulation:
             self.events.append(Event(t, site, "failed", detail=str(err)))
             log.error("%s", err)
             self._live.discard(site)
+            self._ticking.discard(site)
             return False
-        if node.done:
+        if node.done and site in self._live:
             self.finish_time[site] = t + dt if result is TickResult.STEPPED else t
             self._live.discard(site)
-            return result is TickResult.STEPPED
+            if not (node.linger and node.algorithm.lingers):
+                self._ticking.discard(site)
+                return result is TickResult.STEPPED
         if result is TickResult.IDLE:
             self._idle.add(site)
             nxt = self.net.next_arrival(site)

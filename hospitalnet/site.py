@@ -138,6 +138,7 @@ class TickResult(Enum):
     STEPPED = "stepped"
     ROLLED_BACK = "rolled_back"  # non-finite loss or gradient: nothing applied
     IDLE = "idle"  # nothing to do (waiting for a server, or all steps done)
+    SERVING = "serving"  # all steps done; still exchanging on schedule, model unchanged
 
 
 class Verdict(Enum):
@@ -257,6 +258,11 @@ class SiteNode:
         Local steps to take; None = no limit (a deployment stops on a signal).
     lr_schedule:
         Optional ``step -> mu``; eta * mu is kept constant by the algorithm.
+    linger:
+        After the last step, keep ticking without local steps: receive, and send on the edges'
+        schedule (message step counters keep advancing), for algorithms whose receive never
+        touches the model (ECL). A straggler then converges onto its neighbours' consensus
+        instead of finishing alone. The caller decides when to stop ticking.
     """
 
     def __init__(
@@ -270,6 +276,7 @@ class SiteNode:
         clock: Clock,
         steps: int | None = None,
         lr_schedule: Callable[[int], float] | None = None,
+        linger: bool = True,
     ) -> None:
         self.site = context.site
         self.neighbours = context.neighbours
@@ -281,6 +288,8 @@ class SiteNode:
         self.clock = clock
         self.steps = steps
         self.lr_schedule = lr_schedule
+        self.linger = linger
+        self.serving_ticks = 0
         self.lr = context.lr
         self.state: Any = algorithm.init(context)
         self.book = PeerBook(self.site, self.neighbours, rules, context.w0, clock())
@@ -329,18 +338,21 @@ class SiteNode:
             )
         self._update_isolation(now)
 
-        # ---- 3. one local step ----
-        if (self.steps is not None and self.step >= self.steps) or not self.algorithm.ready(
-            self.state
-        ):
+        # ---- 3. one local step (or, once done, a serving tick without one) ----
+        if self.steps is not None and self.step >= self.steps:
+            if not (self.linger and self.algorithm.lingers and self.algorithm.ready(self.state)):
+                return TickResult.IDLE
+            self.serving_ticks += 1
+        elif not self.algorithm.ready(self.state):
             return TickResult.IDLE
-        if not self._local_step(now):
+        elif not self._local_step(now):
             return TickResult.ROLLED_BACK
 
         # ---- 4. send: per-edge payloads whose exchange is due at this step ----
-        for j in self.schedule.due(self.step):
-            self._send(j)
-        return TickResult.STEPPED
+        clock_step = self.step + self.serving_ticks
+        for j in self.schedule.due(clock_step):
+            self._send(j, clock_step)
+        return TickResult.SERVING if self.serving_ticks else TickResult.STEPPED
 
     # ---- phases -----------------------------------------------------------------------------
     def _receive(self, msg: Message, now: float) -> None:
@@ -389,14 +401,14 @@ class SiteNode:
         self.losses.append(float(loss))
         return True
 
-    def _send(self, j: str) -> None:
+    def _send(self, j: str, clock_step: int) -> None:
         for out in self.algorithm.outgoing(self.state, j):
             if not is_finite_tensor(out.payload):
                 self.blocked_sends += 1
                 continue
             self._seq[j] += 1
             self.transport.send(
-                Message(self.site, j, out.kind, self.step, self._seq[j], out.payload)
+                Message(self.site, j, out.kind, clock_step, self._seq[j], out.payload)
             )
 
 

@@ -107,6 +107,9 @@ class Algorithm(ABC):
     staggered: bool = True
     #: True: the site's only neighbour is a central server (FedAvg, FedProx).
     uses_server: bool = False
+    #: True: receiving never changes the model, so a site that finished its steps can keep
+    #: answering its neighbours (see ``SiteNode(linger=...)``).
+    lingers: bool = False
     #: How ``SiteContext.weight`` is chosen; None = every site weight 1 (plain local losses).
     site_weighting: SiteWeighting | None = None
 

@@ -22,8 +22,9 @@ Choices (each measured or argued in ALGORITHMS.md / the tests):
 - Inactive edges leave E_i and the sums; their z and received model are frozen, not deleted.
   With no active edge the step is exactly plain SGD (:func:`sgd_update`), bit-identical to the
   ``local`` method.
-- The coupling sum ``sum_j eta_ij mu A z_{i|j}`` is cached and recomputed (in neighbour order) only after a
-  dual changed or an edge changed state, so a step costs three vector operations.
+- The coupling sum ``sum_j eta_ij mu A z_{i|j}`` is cached: a received dual updates it
+  incrementally (two vector passes) and it is re-summed exactly in neighbour order after an
+  edge changes state and every REFRESH_EVERY updates, so a step costs three vector operations.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ from hospitalnet.algorithms.base import (
 from hospitalnet.errors import ConfigError
 from hospitalnet.messages import Message, MessageKind
 
+#: Incremental coupling updates between two exact re-sums (bounds float round-off drift).
+REFRESH_EVERY = 64
+
 
 @dataclass
 class ECLState:
@@ -58,7 +62,8 @@ class ECLState:
     w_rcv: dict[str, torch.Tensor] = field(default_factory=dict)  # only when rho > 0
     coupling: torch.Tensor | None = None  # sum_j eta_ij mu A z_{i|j} over active edges
     received: torch.Tensor | None = None  # sum_j w_j^rcv over active edges (rho > 0)
-    dirty: bool = True
+    dirty: bool = True  # coupling must be re-summed before the next step
+    updates: int = 0  # incremental coupling updates since the last re-sum
     steps: int = 0
 
 
@@ -88,6 +93,7 @@ class ECL(Algorithm):
         dual_init: Literal["model", "zero"] = "model",
         name: str = "ecl",
     ) -> None:
+        self.lingers = True  # receive only touches the duals
         if not 0.0 < theta <= 1.0:
             raise ConfigError(f"ecl.theta: {theta} is not in (0, 1]")
         if eta != "auto" and not float(eta) > 0:
@@ -150,6 +156,7 @@ class ECL(Algorithm):
             for j in live:
                 state.received.add_(state.w_rcv[j])
         state.dirty = False
+        state.updates = 0
 
     def local_step(self, state: ECLState, loss: float, grad: torch.Tensor) -> ECLState:
         state.steps += 1
@@ -183,17 +190,24 @@ class ECL(Algorithm):
         j = message.sender
         if message.payload is None or j not in state.z:
             return state
+        y, z = message.payload, state.z[j]
         if message.kind is MessageKind.DUAL:
+            if state.active[j] and not state.dirty and state.coupling is not None:
+                # keep the cached coupling in step: + eta_ij mu A theta (y - z), two passes
+                # instead of a full re-sum; re-summed exactly every REFRESH_EVERY updates
+                c = state.signs[j] * state.eta_lr[j] * self.theta
+                state.coupling.add_(y, alpha=c).add_(z, alpha=-c)
+                state.updates += 1
+                state.dirty = state.updates >= REFRESH_EVERY
+            elif state.active[j]:
+                state.dirty = True
             if self.theta == 1.0:
-                state.z[j].copy_(message.payload)
+                z.copy_(y)
             else:
-                state.z[j].lerp_(message.payload, self.theta)
+                z.lerp_(y, self.theta)
         elif message.kind is MessageKind.MODEL and self.rho > 0:
-            state.w_rcv[j].copy_(message.payload)
-        else:
-            return state
-        if state.active[j]:
-            state.dirty = True
+            state.w_rcv[j].copy_(y)
+            state.dirty = state.dirty or state.active[j]
         return state
 
     def set_edge_active(self, state: ECLState, neighbour: str, active: bool) -> ECLState:

@@ -144,10 +144,13 @@ def test_site_without_neighbours_is_bit_identical_to_local():
 
 # ---- 5. message count = the schedule's count --------------------------------------------------
 @pytest.mark.parametrize("method", ["ecl", "gossip"])
-def test_message_count_and_bytes_follow_the_schedule(method):
+@pytest.mark.parametrize("jitter, linger", [(0.0, True), (0.1, False)])
+def test_message_count_and_bytes_follow_the_schedule(method, jitter, linger):
+    # (with jitter, sites finish at slightly different times; a lingering ECL site would keep
+    # exchanging meanwhile - extra messages on purpose, so that case runs without lingering)
     objectives, _ = quadratic_sites()
     steps, seed, k = 203, 9, 8
-    net = NetworkConfig(exchange_every=k)
+    net = NetworkConfig(exchange_every=k, compute_jitter=jitter, linger=linger)
     result = run_network(method, objectives, "multiplex_ring", steps, seed, network=net)
 
     topo = build_topology(TopologyConfig(kind="multiplex_ring"), SITES, seed)
