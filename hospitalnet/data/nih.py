@@ -22,7 +22,7 @@ import pandas as pd
 
 from hospitalnet.config import Section
 from hospitalnet.data.base import INDEX_COLUMNS, SiteLoader, pseudonymise
-from hospitalnet.data.images import read_grayscale
+from hospitalnet.data.raster import read_raster
 from hospitalnet.errors import DataError
 from hospitalnet.labels import LABELS, parse_finding_labels
 
@@ -179,7 +179,7 @@ class NihLoader(SiteLoader):
         path = self._files.get(image_id)
         if path is None:
             raise DataError(f"image {image_id}: missing on disk")
-        return read_grayscale(path, image_id)
+        return read_raster(path, image_id=image_id)[0]
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
