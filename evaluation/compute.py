@@ -280,7 +280,10 @@ def build_summary(ev: Evaluation) -> dict[str, Any]:
 def _summary_curve(ev: Evaluation, method: str) -> list[dict[str, Any]]:
     """Mean and worst site macro AUROC on the headline test set at each eval point."""
     rows = ev.curves[ev.curves["method"] == method]
-    rows = rows[[t == ev.headline_testset(s) for s, t in zip(rows["site"], rows["testset"])]]
+    keep = np.array(
+        [t == ev.headline_testset(s) for s, t in zip(rows["site"], rows["testset"])], dtype=bool
+    )
+    rows = rows[keep]
     out = []
     for k, group in rows.groupby("k", sort=True):
         first = group.iloc[0]

@@ -242,23 +242,40 @@ def _per_site_table(ev: Evaluation) -> dict[str, Any]:
     }
 
 
-def _label_tables(ev: Evaluation, sites: Sequence[str], local: bool) -> list[dict[str, Any]]:
-    """Per method: finding x hospital AUROC cells (CI and counts on hover)."""
+def _label_table(
+    ev: Evaluation, method: str, sites: Sequence[str], local: bool
+) -> dict[str, Any] | None:
+    """Finding x hospital AUROC cells of one method (CI and counts on hover); None if empty."""
+    m = ev.metrics[ev.metrics["method"] == method].set_index(["site", "testset", "label"])
+    if local:
+        sites = [s for s in sites if local_testset(s) in ev.run.testsets]
+    if not sites:
+        return None
+    rows = []
+    for label in LABELS:
+        cells = []
+        for site in sites:
+            testset = local_testset(site) if local else ev.headline_testset(site)
+            found = (site, testset, label) in m.index
+            cells.append(auroc_cell(m.loc[(site, testset, label)]) if found else cell(NA, "", "na"))
+        rows.append({"label": label.replace("_", " "), "cells": cells})
+    where = "each hospital's own test patients" if local else _testset_words(ev)
+    return {"where": where, "sites": [s.upper() for s in sites], "rows": rows}
+
+
+def _label_tables(ev: Evaluation, sites: Sequence[str]) -> list[dict[str, Any]]:
+    """Per method: the finding x hospital table on the headline test set and on own test sets."""
     out = []
     for method in plots.order_methods(ev.methods):
-        m = ev.metrics[ev.metrics["method"] == method]
-        rows = []
-        for label in LABELS:
-            cells = []
-            for site in sites:
-                testset = local_testset(site) if local else ev.headline_testset(site)
-                r = m[(m["site"] == site) & (m["testset"] == testset) & (m["label"] == label)]
-                cells.append(auroc_cell(r.iloc[0]) if len(r) else cell(NA, "not evaluated", "na"))
-            rows.append({"label": label.replace("_", " "), "cells": cells})
-        out.append(
-            {"method": plots.method_name(method), "sites": [s.upper() for s in sites], "rows": rows}
-        )
+        tables = [_label_table(ev, method, sites, local=False)]
+        if GLOBAL in ev.run.testsets:
+            tables.append(_label_table(ev, method, sites, local=True))
+        out.append({"method": plots.method_name(method), "tables": [t for t in tables if t]})
     return out
+
+
+def _testset_words(ev: Evaluation) -> str:
+    return "shared global test set" if GLOBAL in ev.run.testsets else "own test patients"
 
 
 def _testset_counts(ev: Evaluation, testset: str) -> list[dict[str, Any]]:
@@ -432,7 +449,7 @@ def network_context(ev: Evaluation) -> dict[str, Any]:
         "fig_gaps": [f for f in gaps if f],
         "fig_local_macro": _figure(plots.local_macro_heatmap(ev), "local macro heatmap", ""),
         "fig_local_maps": [f for f in local_maps if f],
-        "label_tables": _label_tables(ev, sites, local=False),
+        "label_tables": _label_tables(ev, sites),
         "global_counts": _testset_counts(ev, GLOBAL) if GLOBAL in ev.run.testsets else None,
         "fig_sizes": _figure(plots.data_sizes(ev.run.data, sites), "images per hospital", ""),
         "fig_prevalence": _figure(plots.prevalence_heatmap(ev.run.data, sites), "prevalence", ""),
@@ -640,16 +657,17 @@ def network_markdown(ev: Evaluation, ctx: dict[str, Any]) -> str:
             "",
         ]
     out += ["## 4. AUROC per finding", ""]
-    for t in ctx["label_tables"]:
-        out += [
-            f"### {t['method']}",
-            "",
-            _md_table(
-                ["Finding"] + t["sites"],
-                [[r["label"]] + [_md_cell(c) for c in r["cells"]] for r in t["rows"]],
-            ),
-            "",
-        ]
+    for group in ctx["label_tables"]:
+        for t in group["tables"]:
+            out += [
+                f"### {group['method']}: {t['where']}",
+                "",
+                _md_table(
+                    ["Finding"] + t["sites"],
+                    [[r["label"]] + [_md_cell(c) for c in r["cells"]] for r in t["rows"]],
+                ),
+                "",
+            ]
     if ctx["global_counts"]:
         out += [
             "### Global test set: cases per finding",
