@@ -143,3 +143,13 @@ def test_undefined_label_has_no_interval_and_leaves_the_macro():
 def test_no_generator_means_no_interval():
     r = evaluate_testset(*_patient_data(), NAMES, None, 100)
     assert all(np.isnan(lab.ci_low) for lab in r.labels) and np.isfinite(r.macro.value)
+
+
+def test_golden_interval():
+    """Pins one seeded interval: a change here means every report's intervals changed."""
+    r = evaluate_testset(*_patient_data(), NAMES, numpy_rng(3, "b"), 200)
+    assert r.labels[0].auroc == pytest.approx(0.921958, abs=1e-6)
+    assert (r.labels[0].ci_low, r.labels[0].ci_high) == pytest.approx(
+        (0.840449, 0.980869), abs=1e-6
+    )
+    assert r.macro.ci_low == pytest.approx(0.886281, abs=1e-6)
