@@ -227,6 +227,9 @@ def build_summary(ev: Evaluation) -> dict[str, Any]:
     wall = wall if isinstance(wall, dict) else {}
     per_method_wall = wall.get("per_method")
     per_method_wall = per_method_wall if isinstance(per_method_wall, dict) else {}
+    for name, value in [("total", wall.get("total")), *per_method_wall.items()]:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise DataError(f"{ev.run.rundir.run_json}: wall_seconds: {name}: expected a number")
     methods: dict[str, Any] = {}
     for method in ev.methods:
         headline: dict[str, float] = {}

@@ -257,6 +257,15 @@ def test_bad_run_json_values(tmp_path):
         load_run(tmp_path)
 
 
+def test_bad_wall_time_is_named(tmp_path):
+    rd = _tiny_run(tmp_path)
+    info = json.loads(rd.run_json.read_text())
+    info["wall_seconds"]["per_method"]["ecl"] = "fast"
+    rd.run_json.write_text(json.dumps(info))
+    with pytest.raises(DataError, match=r"run\.json: wall_seconds: ecl: expected a number"):
+        evaluate_run(load_run(tmp_path), n_resamples=0)
+
+
 def test_unknown_site_is_named(tmp_path):
     make_fake_run(tmp_path, n_global=40, n_local=10)
     with pytest.raises(DataError, match="site 'n9' is not part of this run"):
