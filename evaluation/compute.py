@@ -227,6 +227,9 @@ def build_summary(ev: Evaluation) -> dict[str, Any]:
     wall = wall if isinstance(wall, dict) else {}
     per_method_wall = wall.get("per_method")
     per_method_wall = per_method_wall if isinstance(per_method_wall, dict) else {}
+    for name, value in [("total", wall.get("total")), *per_method_wall.items()]:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise DataError(f"{ev.run.rundir.run_json}: wall_seconds: {name}: expected a number")
     methods: dict[str, Any] = {}
     for method in ev.methods:
         headline: dict[str, float] = {}
@@ -280,7 +283,10 @@ def build_summary(ev: Evaluation) -> dict[str, Any]:
 def _summary_curve(ev: Evaluation, method: str) -> list[dict[str, Any]]:
     """Mean and worst site macro AUROC on the headline test set at each eval point."""
     rows = ev.curves[ev.curves["method"] == method]
-    rows = rows[[t == ev.headline_testset(s) for s, t in zip(rows["site"], rows["testset"])]]
+    keep = np.array(
+        [t == ev.headline_testset(s) for s, t in zip(rows["site"], rows["testset"])], dtype=bool
+    )
+    rows = rows[keep]
     out = []
     for k, group in rows.groupby("k", sort=True):
         first = group.iloc[0]

@@ -132,6 +132,28 @@ def _auroc_from_counts(
         return np.where(pairs > 0, pairs_won / np.where(pairs > 0, pairs, 1.0), np.nan)
 
 
+def point_aurocs(
+    labels: np.ndarray, probs: np.ndarray, counts: Sequence[LabelCounts] | None = None
+) -> np.ndarray:
+    """sklearn AUROC of every label column (NaN where undefined).
+
+    Defined columns without unknown values go to sklearn in one multilabel call (per-call overhead
+    dominates on small test sets); the others are masked and scored one by one.
+    """
+    labels = np.asarray(labels, dtype=np.float64)
+    probs = np.asarray(probs, dtype=np.float64)
+    if counts is None:
+        counts = [label_counts(labels[:, j]) for j in range(labels.shape[1])]
+    out = np.full(labels.shape[1], np.nan)
+    complete = [j for j, c in enumerate(counts) if c.defined and c.n == labels.shape[0]]
+    if len(complete) > 1:
+        out[complete] = roc_auc_score(labels[:, complete], probs[:, complete], average=None)
+    for j, c in enumerate(counts):
+        if c.defined and (j not in complete or len(complete) == 1):
+            out[j] = auroc(labels[:, j], probs[:, j])
+    return out
+
+
 def weighted_rank_auroc(y_true: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """AUROC for each row of ``weights`` (shape [B, N]) from tie-aware rank statistics.
 
@@ -225,7 +247,7 @@ def evaluate_testset(
             f"patients {len(patients)}, names {len(label_names)}"
         )
     counts = [label_counts(labels[:, j]) for j in range(n_labels)]
-    points = np.array([auroc(labels[:, j], probs[:, j]) for j in range(n_labels)])
+    points = point_aurocs(labels, probs, counts)
     boot = np.full((n_labels, max(n_resamples, 0)), np.nan)
     if rng is not None and n_resamples > 0:
         for start in range(0, n_resamples, _CHUNK):

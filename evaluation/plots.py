@@ -153,7 +153,9 @@ def _headline_curves(ev: Evaluation) -> pd.DataFrame:
     c = ev.curves
     if c.empty:
         return c
-    keep = [t == ev.headline_testset(s) for s, t in zip(c["site"], c["testset"])]
+    keep = np.array(
+        [t == ev.headline_testset(s) for s, t in zip(c["site"], c["testset"])], dtype=bool
+    )
     return c[keep]
 
 
@@ -350,8 +352,7 @@ def _grid(
     fig = _figure(width, 0.34 * len(rows) + 1.75)
     ax = fig.subplots()
     masked = np.ma.masked_invalid(np.where(undefined, np.nan, values))
-    cm = matplotlib.colormaps[cmap].copy()
-    cm.set_bad(UNDEFINED_FILL)
+    cm = matplotlib.colormaps[cmap].with_extremes(bad=UNDEFINED_FILL)
     image = ax.imshow(masked, cmap=cm, norm=norm, aspect="auto")
     for i in range(len(rows)):
         for j in range(len(cols)):
@@ -367,7 +368,7 @@ def _grid(
                         linewidth=0,
                     )
                 )
-                ax.text(j, i, "n/a", ha="center", va="center", fontsize=7.5, color="#555555")
+                ax.text(j, i, "n/a", ha="center", va="center", fontsize=8.5, color="#444444")
                 continue
             v = values[i, j]
             rgba = cm(norm(v))
@@ -376,7 +377,7 @@ def _grid(
             if unreliable[i, j]:
                 text += "\u2020"
             ax.text(
-                j, i, text, ha="center", va="center", fontsize=7.5, color=INK if light else "white"
+                j, i, text, ha="center", va="center", fontsize=8.5, color=INK if light else "white"
             )
     ax.set_xticks(
         range(len(cols)), [c.replace("_", " ") for c in cols], rotation=35, ha="right", fontsize=8.5
@@ -451,7 +452,12 @@ def gap_heatmap(ev: Evaluation, method: str, local: bool = False) -> bytes | Non
     undefined |= ~np.isfinite(values)
     if undefined.all():
         return None
-    limit = max(0.05, float(np.nanmax(np.abs(values[~undefined]))))
+    # One scale for every method, so equal colours mean equal gaps across the grids.
+    m = ev.metrics
+    shown_local = local or GLOBAL not in ev.run.testsets
+    own = m["testset"].str.startswith("local_") if shown_local else m["testset"] == GLOBAL
+    gaps = np.abs(m.loc[own, "gap_to_pooled"].to_numpy(dtype=float))
+    limit = max(0.05, float(np.nanmax(gaps, initial=0.0)))
     where = "each hospital's own test set" if local else _testset_words(ev)
     return _grid(
         values,
@@ -558,15 +564,14 @@ def prevalence_heatmap(data: dict[str, Any] | None, sites: Sequence[str]) -> byt
     values = 100.0 * np.array(matrix, dtype=float)
     fig = _figure(11, 0.34 * len(rows) + 1.75)
     ax = fig.subplots()
-    cm = matplotlib.colormaps["cividis"].copy()
-    cm.set_bad(UNDEFINED_FILL)
+    cm = matplotlib.colormaps["cividis"].with_extremes(bad=UNDEFINED_FILL)
     top = max(1.0, float(np.nanmax(values))) if np.isfinite(values).any() else 1.0
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cm, vmin=0, vmax=top, aspect="auto")
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
             v = values[i, j]
             if not np.isfinite(v):
-                ax.text(j, i, "n/a", ha="center", va="center", fontsize=7.5, color="#555555")
+                ax.text(j, i, "n/a", ha="center", va="center", fontsize=8.5, color="#444444")
                 continue
             light = v > 0.55 * top
             ax.text(

@@ -154,10 +154,10 @@ def gap_cell(v: Any, what: str = "") -> dict[str, str]:
 # --- context -----------------------------------------------------------------------------------
 
 
-def _figure(png: bytes | None, alt: str, caption: str, wide: bool = True) -> dict[str, Any] | None:
+def _figure(png: bytes | None, alt: str, caption: str) -> dict[str, Any] | None:
     if png is None:
         return None
-    return {"src": plots.data_uri(png), "alt": alt, "caption": caption, "wide": wide}
+    return {"src": plots.data_uri(png), "alt": alt, "caption": caption}
 
 
 def _headline_rows(ev: Evaluation) -> list[dict[str, Any]]:
@@ -242,23 +242,40 @@ def _per_site_table(ev: Evaluation) -> dict[str, Any]:
     }
 
 
-def _label_tables(ev: Evaluation, sites: Sequence[str], local: bool) -> list[dict[str, Any]]:
-    """Per method: finding x hospital AUROC cells (CI and counts on hover)."""
+def _label_table(
+    ev: Evaluation, method: str, sites: Sequence[str], local: bool
+) -> dict[str, Any] | None:
+    """Finding x hospital AUROC cells of one method (CI and counts on hover); None if empty."""
+    m = ev.metrics[ev.metrics["method"] == method].set_index(["site", "testset", "label"])
+    if local:
+        sites = [s for s in sites if local_testset(s) in ev.run.testsets]
+    if not sites:
+        return None
+    rows = []
+    for label in LABELS:
+        cells = []
+        for site in sites:
+            testset = local_testset(site) if local else ev.headline_testset(site)
+            found = (site, testset, label) in m.index
+            cells.append(auroc_cell(m.loc[(site, testset, label)]) if found else cell(NA, "", "na"))
+        rows.append({"label": label.replace("_", " "), "cells": cells})
+    where = "each hospital's own test patients" if local else _testset_words(ev)
+    return {"where": where, "sites": [s.upper() for s in sites], "rows": rows}
+
+
+def _label_tables(ev: Evaluation, sites: Sequence[str]) -> list[dict[str, Any]]:
+    """Per method: the finding x hospital table on the headline test set and on own test sets."""
     out = []
     for method in plots.order_methods(ev.methods):
-        m = ev.metrics[ev.metrics["method"] == method]
-        rows = []
-        for label in LABELS:
-            cells = []
-            for site in sites:
-                testset = local_testset(site) if local else ev.headline_testset(site)
-                r = m[(m["site"] == site) & (m["testset"] == testset) & (m["label"] == label)]
-                cells.append(auroc_cell(r.iloc[0]) if len(r) else cell(NA, "not evaluated", "na"))
-            rows.append({"label": label.replace("_", " "), "cells": cells})
-        out.append(
-            {"method": plots.method_name(method), "sites": [s.upper() for s in sites], "rows": rows}
-        )
+        tables = [_label_table(ev, method, sites, local=False)]
+        if GLOBAL in ev.run.testsets:
+            tables.append(_label_table(ev, method, sites, local=True))
+        out.append({"method": plots.method_name(method), "tables": [t for t in tables if t]})
     return out
+
+
+def _testset_words(ev: Evaluation) -> str:
+    return "shared global test set" if GLOBAL in ev.run.testsets else "own test patients"
 
 
 def _testset_counts(ev: Evaluation, testset: str) -> list[dict[str, Any]]:
@@ -413,10 +430,6 @@ def network_context(ev: Evaluation) -> dict[str, Any]:
         _figure(plots.gap_heatmap(ev, m), f"gap heatmap {m}", "")
         for m in plots.order_methods(ev.methods)
     ]
-    local_maps = [
-        _figure(plots.auroc_heatmap(ev, m, local=True), f"local AUROC heatmap {m}", "")
-        for m in plots.order_methods(ev.methods)
-    ]
     net = ev.run.network
     return _common(ev, "Federated chest X-ray evaluation") | {
         "view": "network",
@@ -431,8 +444,7 @@ def network_context(ev: Evaluation) -> dict[str, Any]:
         "fig_heatmaps": [f for f in heatmaps if f],
         "fig_gaps": [f for f in gaps if f],
         "fig_local_macro": _figure(plots.local_macro_heatmap(ev), "local macro heatmap", ""),
-        "fig_local_maps": [f for f in local_maps if f],
-        "label_tables": _label_tables(ev, sites, local=False),
+        "label_tables": _label_tables(ev, sites),
         "global_counts": _testset_counts(ev, GLOBAL) if GLOBAL in ev.run.testsets else None,
         "fig_sizes": _figure(plots.data_sizes(ev.run.data, sites), "images per hospital", ""),
         "fig_prevalence": _figure(plots.prevalence_heatmap(ev.run.data, sites), "prevalence", ""),
@@ -579,7 +591,7 @@ _MD_LEGEND = (
 def network_markdown(ev: Evaluation, ctx: dict[str, Any]) -> str:
     out = [f"# {ctx['title']}", ""]
     if ctx["key_sentence"]:
-        out += [ctx["key_sentence"], ""]
+        out += [ctx["key_sentence"].replace(MINUS, "-"), ""]
     out += [
         "## 1. Headline",
         "",
@@ -640,16 +652,17 @@ def network_markdown(ev: Evaluation, ctx: dict[str, Any]) -> str:
             "",
         ]
     out += ["## 4. AUROC per finding", ""]
-    for t in ctx["label_tables"]:
-        out += [
-            f"### {t['method']}",
-            "",
-            _md_table(
-                ["Finding"] + t["sites"],
-                [[r["label"]] + [_md_cell(c) for c in r["cells"]] for r in t["rows"]],
-            ),
-            "",
-        ]
+    for group in ctx["label_tables"]:
+        for t in group["tables"]:
+            out += [
+                f"### {group['method']}: {t['where']}",
+                "",
+                _md_table(
+                    ["Finding"] + t["sites"],
+                    [[r["label"]] + [_md_cell(c) for c in r["cells"]] for r in t["rows"]],
+                ),
+                "",
+            ]
     if ctx["global_counts"]:
         out += [
             "### Global test set: cases per finding",
@@ -663,15 +676,16 @@ def network_markdown(ev: Evaluation, ctx: dict[str, Any]) -> str:
             ),
             "",
         ]
-    out += _md_data_network_run(ctx)
+    out += _md_data_network_run(ctx, 5)
     return "\n".join(out) + "\n"
 
 
-def _md_data_network_run(ctx: dict[str, Any]) -> list[str]:
+def _md_data_network_run(ctx: dict[str, Any], first: int) -> list[str]:
+    """The data, network and run sections, numbered from ``first`` as in the HTML page."""
     out = []
     if ctx["data_rows"]:
         out += [
-            "## 5. Data",
+            f"## {first}. Data",
             "",
             _md_table(
                 [
@@ -701,7 +715,7 @@ def _md_data_network_run(ctx: dict[str, Any]) -> list[str]:
             "",
         ]
     if ctx["network_tables"]:
-        out += ["## 6. Network", ""]
+        out += [f"## {first + 1}. Network", ""]
         for t in ctx["network_tables"]:
             out += [
                 f"### {t['method']}",
@@ -744,7 +758,7 @@ def _md_data_network_run(ctx: dict[str, Any]) -> list[str]:
                 ]
     run = ctx["run"]
     out += [
-        "## 7. Run",
+        f"## {first + 2}. Run",
         "",
         _md_table(["", ""], run["rows"]),
         "",
@@ -756,6 +770,33 @@ def _md_data_network_run(ctx: dict[str, Any]) -> list[str]:
     if run["config"] is not None:
         out += ["```yaml", run["config"].rstrip(), "```", ""]
     return out
+
+
+def _md_site_curve(ev: Evaluation, site: str) -> list[str]:
+    """This hospital's macro AUROC per eval point, one column per method and test set."""
+    c = ev.curves[ev.curves["site"] == site]
+    if c.empty:
+        return ["## 2. Over time", "", "No evaluation points were stored during training.", ""]
+    methods = plots.order_methods([m for m in ev.methods if m in set(c["method"])])
+    columns = [
+        (m, t)
+        for m in methods
+        for t in ev.run.testsets_for(site)
+        if not c[(c["method"] == m) & (c["testset"] == t)].empty
+    ]
+    table = c.pivot_table(index="k", columns=["method", "testset"], values="macro_auroc")
+    epochs = c.groupby("k")["epochs"].first()
+    rows = []
+    for k in table.index:
+        e = epochs.get(k)
+        row = [str(k), "" if e is None or not _finite(e) else f"{e:g}"]
+        row += [fmt_auroc(table[col].get(k)) if col in table else NA for col in columns]
+        rows.append(row)
+    head = ["Eval point", "Epochs"] + [
+        f"{plots.method_name(m).split(' (')[0]} ({'global' if t == GLOBAL else 'own'})"
+        for m, t in columns
+    ]
+    return ["## 2. Over time (macro AUROC)", "", _md_table(head, rows), ""]
 
 
 def site_markdown(ev: Evaluation, ctx: dict[str, Any]) -> str:
@@ -789,9 +830,11 @@ def site_markdown(ev: Evaluation, ctx: dict[str, Any]) -> str:
         _MD_LEGEND,
         "",
     ]
+    out += _md_site_curve(ev, ctx["site"].lower())
+    out += ["## 3. Per finding", ""]
     for t in ctx["site_tables"]:
         out += [
-            f"## AUROC per finding ({t['where']})",
+            f"### AUROC per finding ({t['where']})",
             "",
             _md_table(
                 ["Finding", "n", "positives", "negatives"] + t["heads"] + ["note"],
@@ -804,7 +847,7 @@ def site_markdown(ev: Evaluation, ctx: dict[str, Any]) -> str:
             ),
             "",
         ]
-    out += _md_data_network_run(ctx)
+    out += _md_data_network_run(ctx, 4)
     return "\n".join(out) + "\n"
 
 
