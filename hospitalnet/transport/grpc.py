@@ -12,7 +12,8 @@ queues and returns at once, ``poll`` returns what arrived. Underneath:
   ``identity`` (client certificate names no site), ``no_deadline`` (call without a bounded
   deadline), ``malformed`` (not an Envelope), ``protocol_version``, ``sender_mismatch`` (envelope
   sender is not the certificate's site), ``wrong_receiver``, ``not_neighbour``, ``fingerprint``,
-  ``kind``, ``dtype``, ``shape`` (numel), ``chunking``, ``incomplete_stream`` (the stream broke:
+  ``kind``, ``dtype``, ``shape`` (numel, or payload bytes that disagree with it), ``chunking``
+  (chunk headers that disagree), ``incomplete_stream`` (the stream ended before the whole message:
   an oversized frame, which gRPC answers RESOURCE_EXHAUSTED, or a sender gone mid-message),
   ``digest``, ``non_finite``, ``norm``. Nothing is ever unpickled: a payload is raw little-endian
   floats decoded with ``numpy.frombuffer`` under the explicit schema.
@@ -24,7 +25,7 @@ queues and returns at once, ``poll`` returns what arrived. Underneath:
 - **Client.** One thread and one channel per neighbour. The outbox of an edge holds at most one
   message per kind; a newer one replaces an unsent older one (counted as ``dropped``). Every call
   has a deadline, so a dead or stalled peer only delays its own edge. After a failed call
-  (counted in ``failures[status]``) the edge waits ``heartbeat_interval_s`` and tries the message
+  (counted in ``failures[status]``) the edge waits ``retry_interval_s`` and tries the message
   again unless a newer one replaced it; a copy that did arrive is dropped by the replay check.
 - **Liveness.** When an edge is idle the thread sends a ``Heartbeat`` every
   ``heartbeat_interval_s``. A neighbour is ``active`` after a successful call, ``suspect`` after a
@@ -93,6 +94,7 @@ class TransportLimits:
     call_timeout_s: float = 30.0  # deadline of one Deliver call (one whole message)
     heartbeat_interval_s: float = 2.0  # heartbeat an idle edge this often
     heartbeat_timeout_s: float = 2.0  # deadline of one Heartbeat call
+    retry_interval_s: float = 1.0  # after a failed call, nothing is tried on that edge this long
     suspect_after_s: float = 6.0  # no successful call for this long -> suspect
     inactive_after_s: float = 30.0  # no successful call for this long -> inactive
     max_norm: float = 1e6  # an L2 norm above this is absurd for weights or duals
@@ -122,6 +124,7 @@ class NeighbourStatus:
     since: float = 0.0  # when the state last changed
     last_ok: float | None = None  # last call the neighbour answered
     last_heard: float | None = None  # last valid envelope received from it
+    toolkit_version: str = ""  # the version it reported in its last valid envelope
     consecutive_failures: int = 0
     last_error: str = ""
 
@@ -196,14 +199,19 @@ class GrpcTransport(Transport):
         self._warned: set[tuple[str, str]] = set()
         self._events: list[tuple[float, str, str, str]] = []  # (time, neighbour, old, new)
         self._closing = threading.Event()
-        self._server = self._start_server(listen_address, credentials)
         now = time.time()
-        self._edges: dict[str, _Edge] = {}
+        self._edges: dict[str, _Edge] = {}  # complete before the server can call _heard()
         for nbr, addr in self.neighbours.items():
             channel = self._open_channel(nbr, addr, credentials)
             edge = _Edge(nbr, addr, channel, pb_grpc.ExchangeStub(channel), started=now)
             edge.status.since = now
             self._edges[nbr] = edge
+        try:
+            self._server = self._start_server(listen_address, credentials)
+        except NetworkError:
+            for edge in self._edges.values():
+                edge.channel.close()
+            raise
         for edge in self._edges.values():
             edge.thread = threading.Thread(
                 target=self._run_edge,
@@ -414,7 +422,7 @@ class GrpcTransport(Transport):
     def _run_edge(self, edge: _Edge) -> None:
         """The one thread of an outgoing edge: deliver queued messages, heartbeat when idle.
 
-        After a failed call nothing is tried on this edge for ``heartbeat_interval_s`` (no busy
+        After a failed call nothing is tried on this edge for ``retry_interval_s`` (no busy
         loop against a dead peer); the failed message stays queued unless a newer one replaced it.
         """
         interval = self.limits.heartbeat_interval_s
@@ -499,7 +507,7 @@ class GrpcTransport(Transport):
                 edge.outbox[retry[0].kind] = retry
                 edge.outbox.move_to_end(retry[0].kind, last=False)
             edge.last_attempt = now
-            edge.retry_at = now + self.limits.heartbeat_interval_s
+            edge.retry_at = now + self.limits.retry_interval_s
             edge.status.consecutive_failures += 1
             edge.status.last_error = name
             silent = now - (edge.status.last_ok or edge.started)
@@ -593,14 +601,15 @@ class GrpcTransport(Transport):
                 raise _Rejected("kind")
         except _Rejected as r:
             return self._reject(peer, r.reason)
-        self._heard(peer)
+        self._heard(peer, env)
         return pb.Ack(accepted=True)
 
-    def _heard(self, peer: str) -> None:
+    def _heard(self, peer: str, env: pb.Envelope) -> None:
         edge = self._edges.get(peer)
         if edge is not None:
             with edge.cond:
                 edge.status.last_heard = time.time()
+                edge.status.toolkit_version = env.toolkit_version[:64]
 
     def _handle_deliver(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> pb.Ack:
         peer = self._peer_site(context)
@@ -640,17 +649,20 @@ class GrpcTransport(Transport):
                     first = env
                 elif not _same_header(first, env, len(parts)):
                     raise _Rejected("chunking")
-                received += len(env.payload)
-                if received > expected or len(parts) >= first.schema.chunk_count:
+                if len(parts) >= first.schema.chunk_count:
                     raise _Rejected("chunking")
+                received += len(env.payload)
+                if received > expected:
+                    raise _Rejected("shape")
                 parts.append(env.payload)
         except grpc.RpcError:
             raise _Rejected("incomplete_stream") from None
-        if not context.is_active():
-            # gRPC ended the stream itself: an oversized frame (RESOURCE_EXHAUSTED) or a cancel.
+        # The stream ended before a whole message arrived: the sender stopped (killed, cancelled)
+        # or gRPC cut it (an oversized frame, answered RESOURCE_EXHAUSTED).
+        if not context.is_active() or first is None or len(parts) != first.schema.chunk_count:
             raise _Rejected("incomplete_stream")
-        if first is None or len(parts) != first.schema.chunk_count or received != expected:
-            raise _Rejected("chunking" if first is not None else "malformed")
+        if received != expected:
+            raise _Rejected("shape")
         data = b"".join(parts)
         if hashlib.sha256(data).digest() != first.payload_sha256:
             raise _Rejected("digest")
@@ -674,7 +686,7 @@ class GrpcTransport(Transport):
     def _accept(self, peer: str, received: tuple[pb.Envelope, Message]) -> pb.Ack:
         env, message = received
         mark = (env.sender_incarnation, env.seq)
-        self._heard(peer)
+        self._heard(peer, env)
         with self._lock:
             st = self._edge_stats(peer, self.site)
             last = self._last_mark.get(peer)

@@ -24,6 +24,8 @@ from grpc_helpers import (
     wait_until,
 )
 
+from hospitalnet import __version__
+from hospitalnet.errors import NetworkError
 from hospitalnet.messages import Message, MessageKind
 from hospitalnet.transport.grpc import SERVICE, GrpcTransport, PeerState, TransportLimits
 from hospitalnet.transport.proto import hospitalnet_pb2 as pb
@@ -35,6 +37,7 @@ FAST = TransportLimits(
     call_timeout_s=3.0,
     heartbeat_interval_s=0.2,
     heartbeat_timeout_s=0.5,
+    retry_interval_s=0.2,
     suspect_after_s=1.0,
     inactive_after_s=2.0,
     reconnect_backoff_max_s=0.3,
@@ -115,6 +118,7 @@ def test_two_sites_exchange_bit_exact_over_mtls_and_count_bytes(net_pki):
         assert sent.bytes_sent == recv.bytes_received  # both ends count the same envelopes
         assert payload < sent.bytes_sent < payload * 1.01  # chunk headers are small
         assert a.neighbour_states()["b"].state is PeerState.ACTIVE
+        assert b.neighbour_states()["a"].toolkit_version == __version__
     finally:
         for t in (a, b):
             if t is not None:
@@ -136,9 +140,31 @@ def test_send_refuses_messages_the_edge_cannot_carry(receiver):
         a.send(Message("a", "b", MessageKind.HEARTBEAT, 1, 1, torch.zeros(N)))
 
 
+@pytest.mark.timeout(30)
+def test_a_taken_port_or_a_foreign_certificate_is_a_clear_error(receiver, net_pki):
+    a, _ = receiver
+    with pytest.raises(NetworkError, match="cannot listen on"):
+        transport(net_pki, "c", int(a.address.rsplit(":", 1)[1]), {"a": free_port()})
+    with pytest.raises(NetworkError, match="certificate is for site 'c', not 'd'"):
+        GrpcTransport("d", "127.0.0.1:0", {}, net_pki.creds("c"), FINGERPRINT, N)
+
+
 # ---- messages that must be rejected ------------------------------------------------------------
 
 ONES = f32(np.ones(N))
+
+
+def _second_chunk_disagrees():
+    envs = envelopes("b", "a", ONES, numel=N, chunk=2000)
+    envs[1].seq += 1
+    return envs
+
+
+def _extra_chunk():
+    envs = envelopes("b", "a", ONES, numel=N, chunk=2000)
+    return envs + [envs[1]]
+
+
 BAD_MESSAGES = {
     "protocol_version": lambda: envelopes("b", "a", ONES, numel=N, protocol_version=2),
     "fingerprint": lambda: envelopes("b", "a", ONES, numel=N, model_fingerprint="other-model"),
@@ -153,15 +179,19 @@ BAD_MESSAGES = {
     "nan": lambda: envelopes("b", "a", f32([np.nan] + [1.0] * (N - 1)), numel=N),
     "inf": lambda: envelopes("b", "a", f32([1.0] * (N - 1) + [-np.inf]), numel=N),
     "norm": lambda: envelopes("b", "a", f32(np.full(N, 1e5)), numel=N),
+    "chunk_header": _second_chunk_disagrees,
+    "extra_chunk": _extra_chunk,
     "chunk_index": lambda: envelopes(
         "b", "a", ONES, numel=N, schema=pb.PayloadSchema(dtype="float32", numel=N, chunk_index=1)
     ),
 }
 EXPECTED_REASON = {
-    "short_payload": "chunking",
+    "short_payload": "shape",
     "nan": "non_finite",
     "inf": "non_finite",
     "chunk_index": "chunking",
+    "chunk_header": "chunking",
+    "extra_chunk": "chunking",
 }
 
 
@@ -300,9 +330,11 @@ def test_message_cut_off_mid_stream_is_not_applied(receiver):
     )
     future = call.future(first_chunk_then_hang(), timeout=10)
     try:
-        assert wait_until(lambda: a.stats().get(("b", "a")) is not None, 5)
+        assert wait_until(lambda: a.stats().get(("b", "a")) is not None, 10), a.stats()
         future.cancel()
-        assert wait_until(lambda: a.stats()[("b", "a")].rejected == {"incomplete_stream": 1}, 5)
+        assert wait_until(lambda: a.stats()[("b", "a")].rejected == {"incomplete_stream": 1}, 10), (
+            a.stats()
+        )
     finally:
         release.set()
     assert a.poll() == []
@@ -513,6 +545,7 @@ def test_stalled_peer_times_out_on_its_own_edge_only(net_pki):
         call_timeout_s=1.0,
         heartbeat_interval_s=0.2,
         heartbeat_timeout_s=1.0,
+        retry_interval_s=0.2,
         suspect_after_s=3.0,
         inactive_after_s=30.0,
     )
