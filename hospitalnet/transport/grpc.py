@@ -230,6 +230,8 @@ class GrpcTransport(Transport):
         edge = self._edges.get(message.receiver)
         if edge is None:
             raise ValueError(f"{message.receiver!r} is not a neighbour of {self.site!r}")
+        if not (0 <= message.step < 2**63 and 1 <= message.seq < 2**63):
+            raise ValueError(f"step {message.step} / seq {message.seq} out of range")
         data = self._payload_bytes(message)
         if self._closing.is_set():
             with self._lock:
@@ -442,10 +444,16 @@ class GrpcTransport(Transport):
                         break  # idle for an interval: heartbeat
                     else:
                         edge.cond.wait(timeout=edge.last_attempt + interval - now)
-            if item is not None:
-                self._deliver(edge, *item)
-            else:
-                self._heartbeat(edge)
+            try:
+                if item is not None:
+                    self._deliver(edge, *item)
+                else:
+                    self._heartbeat(edge)
+            except Exception:  # a bug must not silently end the edge: log it, back off, go on
+                log.exception("%s: edge to %s failed unexpectedly", self.site, edge.neighbour)
+                with edge.cond:
+                    edge.last_attempt = time.time()
+                    edge.retry_at = edge.last_attempt + self.limits.retry_interval_s
             with edge.cond:
                 self._refresh(edge, time.time())
 

@@ -136,6 +136,10 @@ def test_send_refuses_messages_the_edge_cannot_carry(receiver):
         a.send(Message("a", "c", MessageKind.DUAL, 1, 1, torch.zeros(N)))
     with pytest.raises(ValueError, match="sender"):
         a.send(Message("b", "a", MessageKind.DUAL, 1, 1, torch.zeros(N)))
+    with pytest.raises(ValueError, match="out of range"):
+        a.send(Message("a", "b", MessageKind.DUAL, -1, 1, torch.zeros(N)))
+    with pytest.raises(ValueError, match="out of range"):
+        a.send(Message("a", "b", MessageKind.DUAL, 1, 0, torch.zeros(N)))
     with pytest.raises(ValueError, match="no payload"):
         a.send(Message("a", "b", MessageKind.HEARTBEAT, 1, 1, torch.zeros(N)))
 

@@ -69,3 +69,23 @@ def test_service_paths_used_by_the_transport_exist_in_the_proto():
     methods = {m.name: (m.client_streaming, m.server_streaming) for m in service.methods}
     assert methods == {"Deliver": (True, False), "Heartbeat": (False, False)}
     assert re.search(r"'/hospitalnet\.v1\.Exchange/Deliver'", Path(pb_grpc.__file__).read_text())
+
+
+@pytest.mark.timeout(60)
+def test_the_runtime_works_without_grpc_tools():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "sys.modules['grpc_tools'] = None  # as if grpcio-tools were not installed\n"
+        "import hospitalnet.transport.grpc as t, hospitalnet.pki, hospitalnet.checkpoint\n"
+        "import hospitalnet.cli.pki\n"
+        "env = t.pb.Envelope(sender='n1', payload=b'x')\n"
+        "assert t.pb.Envelope.FromString(env.SerializeToString()) == env\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=50
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
