@@ -157,7 +157,9 @@ class _Edge:
     cond: threading.Condition = field(default_factory=threading.Condition)
     outbox: OrderedDict[MessageKind, tuple[Message, bytes]] = field(default_factory=OrderedDict)
     status: NeighbourStatus = field(default_factory=NeighbourStatus)
+    # Scheduling uses time.monotonic() (immune to clock changes); NeighbourStatus reports wall time.
     started: float = 0.0
+    ok_at: float | None = None  # last successful call
     last_attempt: float = 0.0  # when the last call finished
     retry_at: float = 0.0  # after a failure: no call before this time
     thread: threading.Thread | None = None
@@ -199,12 +201,12 @@ class GrpcTransport(Transport):
         self._warned: set[tuple[str, str]] = set()
         self._events: list[tuple[float, str, str, str]] = []  # (time, neighbour, old, new)
         self._closing = threading.Event()
-        now = time.time()
         self._edges: dict[str, _Edge] = {}  # complete before the server can call _heard()
         for nbr, addr in self.neighbours.items():
             channel = self._open_channel(nbr, addr, credentials)
-            edge = _Edge(nbr, addr, channel, pb_grpc.ExchangeStub(channel), started=now)
-            edge.status.since = now
+            edge = _Edge(nbr, addr, channel, pb_grpc.ExchangeStub(channel))
+            edge.started = time.monotonic()
+            edge.status.since = time.time()
             self._edges[nbr] = edge
         try:
             self._server = self._start_server(listen_address, credentials)
@@ -260,7 +262,7 @@ class GrpcTransport(Transport):
         out = {}
         for nbr, edge in self._edges.items():
             with edge.cond:
-                self._refresh(edge, time.time())
+                self._refresh(edge, time.monotonic())
                 out[nbr] = copy.copy(edge.status)
         return out
 
@@ -434,7 +436,7 @@ class GrpcTransport(Transport):
                 while True:
                     if self._closing.is_set():
                         return
-                    now = time.time()
+                    now = time.monotonic()
                     if now < edge.retry_at:
                         edge.cond.wait(timeout=edge.retry_at - now)
                     elif edge.outbox:
@@ -452,10 +454,10 @@ class GrpcTransport(Transport):
             except Exception:  # a bug must not silently end the edge: log it, back off, go on
                 log.exception("%s: edge to %s failed unexpectedly", self.site, edge.neighbour)
                 with edge.cond:
-                    edge.last_attempt = time.time()
+                    edge.last_attempt = time.monotonic()
                     edge.retry_at = edge.last_attempt + self.limits.retry_interval_s
             with edge.cond:
-                self._refresh(edge, time.time())
+                self._refresh(edge, time.monotonic())
 
     def _deliver(self, edge: _Edge, message: Message, data: bytes) -> None:
         envelopes = self._envelopes(message, data)
@@ -489,14 +491,14 @@ class GrpcTransport(Transport):
         self._call_ok(edge, "" if ack.accepted else f"rejected by peer: {ack.reason}")
 
     def _call_ok(self, edge: _Edge, note: str) -> None:
-        now = time.time()
+        now = time.monotonic()
         with edge.cond:
-            edge.last_attempt = now
+            edge.last_attempt = edge.ok_at = now
             edge.retry_at = 0.0
-            edge.status.last_ok = now
+            edge.status.last_ok = time.time()
             edge.status.consecutive_failures = 0
             edge.status.last_error = note
-            self._set_state(edge, PeerState.ACTIVE, now)
+            self._set_state(edge, PeerState.ACTIVE)
 
     def _call_failed(
         self, edge: _Edge, err: Exception, *, retry: tuple[Message, bytes] | None
@@ -507,7 +509,7 @@ class GrpcTransport(Transport):
             return
         code = err.code() if isinstance(err, grpc.Call) else None
         name = code.name if code is not None else type(err).__name__
-        now = time.time()
+        now = time.monotonic()
         with self._lock:
             _inc(self._edge_stats(self.site, edge.neighbour).failures, name)
         with edge.cond:
@@ -518,22 +520,24 @@ class GrpcTransport(Transport):
             edge.retry_at = now + self.limits.retry_interval_s
             edge.status.consecutive_failures += 1
             edge.status.last_error = name
-            silent = now - (edge.status.last_ok or edge.started)
+            silent = now - (edge.ok_at or edge.started)
             worse = PeerState.INACTIVE if silent >= self.limits.inactive_after_s else None
-            self._set_state(edge, worse or max_state(edge.status.state, PeerState.SUSPECT), now)
+            self._set_state(edge, worse or max_state(edge.status.state, PeerState.SUSPECT))
 
     def _refresh(self, edge: _Edge, now: float) -> None:
-        """Time-driven transitions (caller holds ``edge.cond``)."""
-        silent = now - (edge.status.last_ok or edge.started)
+        """Time-driven transitions (``now`` is monotonic; caller holds ``edge.cond``)."""
+        silent = now - (edge.ok_at or edge.started)
         if silent >= self.limits.inactive_after_s:
-            self._set_state(edge, PeerState.INACTIVE, now)
+            self._set_state(edge, PeerState.INACTIVE)
         elif silent >= self.limits.suspect_after_s:
-            self._set_state(edge, max_state(edge.status.state, PeerState.SUSPECT), now)
+            self._set_state(edge, max_state(edge.status.state, PeerState.SUSPECT))
 
-    def _set_state(self, edge: _Edge, state: PeerState, now: float) -> None:
+    def _set_state(self, edge: _Edge, state: PeerState) -> None:
+        """Caller holds ``edge.cond``."""
         old = edge.status.state
         if state is old:
             return
+        now = time.time()
         edge.status.state = state
         edge.status.since = now
         log.info("%s: neighbour %s %s -> %s", self.site, edge.neighbour, old.value, state.value)
