@@ -53,6 +53,8 @@ class CountingProxy:
             except OSError:
                 return
             server = socket.create_connection(("127.0.0.1", self.upstream))
+            for s in (client, server):  # no Nagle delay added by the proxy itself
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._pump, args=(client, server, "up"), daemon=True).start()
             threading.Thread(target=self._pump, args=(server, client, "down"), daemon=True).start()
 

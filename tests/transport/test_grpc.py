@@ -183,6 +183,7 @@ BAD_MESSAGES = {
     "nan": lambda: envelopes("b", "a", f32([np.nan] + [1.0] * (N - 1)), numel=N),
     "inf": lambda: envelopes("b", "a", f32([1.0] * (N - 1) + [-np.inf]), numel=N),
     "norm": lambda: envelopes("b", "a", f32(np.full(N, 1e5)), numel=N),
+    "norm_overflow": lambda: envelopes("b", "a", f32(np.full(N, 3e19)), numel=N),
     "chunk_header": _second_chunk_disagrees,
     "extra_chunk": _extra_chunk,
     "chunk_index": lambda: envelopes(
@@ -192,6 +193,7 @@ BAD_MESSAGES = {
 EXPECTED_REASON = {
     "short_payload": "shape",
     "nan": "non_finite",
+    "norm_overflow": "norm",
     "inf": "non_finite",
     "chunk_index": "chunking",
     "chunk_header": "chunking",
@@ -419,11 +421,11 @@ def test_client_refuses_a_server_that_is_not_the_neighbour_it_dialled(receiver, 
 @pytest.mark.timeout(60)
 def test_tensor_bytes_are_not_visible_on_the_wire(net_pki):
     n = 50_000
-    canary = b"CANARY-HOSPITALNET-"  # 19 bytes; its float32 reading is finite
+    canary = b"DEADBEEF-CAFE-0123-4567-89AB-"  # 29 bytes; read as float32: finite, < 2^15
     pattern = (canary * (n * 4 // len(canary) + 1))[: n * 4]
     values = np.frombuffer(pattern, dtype="<f4")
     assert np.isfinite(values).all()
-    limits = dataclasses.replace(FAST, max_norm=1e30)  # ASCII read as floats is large
+    limits = dataclasses.replace(FAST, max_norm=1e12)  # ASCII read as floats is large
     port_a, port_b = free_port(), free_port()
     a = b = proxy = None
     try:
