@@ -195,7 +195,7 @@ def partition_dataset(
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir)
     loader = NihLoader(str(data_dir), {"split_lists": True}, source=str(data_dir))
     index = loader.index()
-    raw = pd.read_csv(loader._csv_path, dtype=str, keep_default_na=False)
+    raw = loader.entries()
     raw = raw.set_index("Image Index", drop=False)
     pool = index[index["split"] != "test"]
     global_test = index[index["split"] == "test"]
