@@ -1,210 +1,437 @@
-"""The NIH ChestX-ray14 layout: Data_Entry_2017.csv (or _v2020) + PNG images.
+"""The ``nih`` site loader: the NIH ChestX-ray14 release as a user unpacks it.
 
-Handles the release's quirks: the bracketed headers ``OriginalImage[Width,Height]`` that split into
-extra columns, the 2017 file's trailing empty column, images either flat or nested as
-``images_0XX/images/*.png`` (indexed recursively, by file name), and the official
-``train_val_list.txt`` / ``test_list.txt``. ``image_list`` (a file of image names, or a CSV with an
-``Image Index`` and an optional ``split`` column, as ``hospitalnet partition`` writes) restricts
-the site to its own images; a relative ``image_list`` is taken relative to the data root.
+Layout (DATA.md section 2)::
+
+    ROOT/Data_Entry_2017.csv  (or Data_Entry_2017_v2020.csv)
+    ROOT/train_val_list.txt, ROOT/test_list.txt      the official split (optional)
+    ROOT/images_001/images/00000001_000.png ...      nested, or all PNGs in one flat folder
+
+Quirks handled: the bracketed headers ``OriginalImage[Width,Height]`` and
+``OriginalImagePixelSpacing[x,y]`` split into extra columns, the 2017 file's trailing empty column
+(with or without a matching trailing comma in the header), a UTF-8 BOM, both file names, and
+images nested or flat (the PNGs under the root are indexed recursively, once, by file name).
+
+Options (``data.options`` in a site manifest):
+
+``csv``
+    The Data_Entry file name in the root (or an absolute path). ``None`` = whichever of
+    ``Data_Entry_2017_v2020.csv`` / ``Data_Entry_2017.csv`` exists (the v2020 file wins when both do).
+``image_list``
+    Keep only these images: a ``.csv`` file with an ``Image Index`` column and optionally a
+    ``split`` column (train / test / empty; what ``hospitalnet partition`` writes), or any other
+    file with one image name per line. ``${VAR}`` / ``${VAR:-default}`` and ``~`` are expanded;
+    a relative path is taken relative to the data root. ``None`` = every image of the CSV.
+``split_lists``
+    Fill the ``split`` column from ``train_val_list.txt`` ("train") and ``test_list.txt``
+    ("test") when they exist. A ``split`` column of the image list takes precedence.
+``on_missing_image``
+    A CSV row whose PNG is not on disk: ``error`` (default) or ``skip`` (counted in ``skipped_``).
+``unknown_labels``
+    A label name outside the 14 and their aliases: ``error`` (names label, CSV and row) or
+    ``drop`` (the name is ignored and counted in ``notes_``).
+
+Errors name the CSV or list file by its base name, a row number and image ids (file names), never
+a folder path or a patient id; patients leave the loader only as :func:`pseudonymise` pseudonyms.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
-from functools import cached_property
+import warnings
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
-from hospitalnet.config import Section
-from hospitalnet.data.base import INDEX_COLUMNS, SiteLoader, pseudonymise
+from hospitalnet.data.base import SiteLoader, pseudonymise
+from hospitalnet.data.indexing import (
+    BadImageError,
+    assemble_index,
+    parse_labels_cell,
+    parse_split,
+    parse_view,
+)
+from hospitalnet.data.manifest import expand_vars
 from hospitalnet.data.raster import read_raster
 from hospitalnet.errors import DataError
-from hospitalnet.labels import LABELS, parse_finding_labels
+from hospitalnet.labels import NUM_LABELS
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
-CSV_NAMES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
-REQUIRED = ("Image Index", "Finding Labels", "Patient ID")
+# Newest first: when both files are present the v2020 revision is read.
+CSV_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
+SPLIT_LISTS = (("train_val_list.txt", "train"), ("test_list.txt", "test"))
+REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
+# The Data_Entry columns kept (and written by ``hospitalnet partition``); the split-off halves of
+# the bracketed headers and the trailing empty column are dropped. v2020 says "Patient Sex".
+ENTRY_COLUMNS = (
+    "Image Index",
+    "Finding Labels",
+    "Follow-up #",
+    "Patient ID",
+    "Patient Age",
+    "Patient Gender",
+    "Patient Sex",
+    "View Position",
+)
+MISSING_ON_DISK = "listed image not found"
+
+
+def read_data_entry(path: Path) -> pd.DataFrame:
+    """The Data_Entry CSV as stripped strings, :data:`ENTRY_COLUMNS` only, in file order.
+
+    The returned frame has a ``row`` column: the line number in the file (header = 1), for
+    messages.
+    """
+    name = path.name
+    try:
+        with warnings.catch_warnings():
+            # A header without the trailing comma while the rows have it: pandas warns that it
+            # drops the (empty) extra field, which is exactly what we want.
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            table = pd.read_csv(
+                path,
+                dtype=str,
+                keep_default_na=False,
+                index_col=False,
+                encoding="utf-8-sig",
+            )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"{name}: not a readable CSV ({type(err).__name__})") from None
+    except OSError as err:
+        raise DataError(f"{name}: cannot read ({err.strerror})") from None
+    table.columns = [str(c).strip() for c in table.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"{name}: missing column(s) {', '.join(repr(c) for c in missing)}")
+    kept = table[[c for c in ENTRY_COLUMNS if c in table.columns]].apply(lambda s: s.str.strip())
+    kept.insert(0, "row", np.arange(2, len(kept) + 2))
+    return kept
+
+
+def _read_names(path: Path) -> list[str]:
+    """One image name per line (blank lines ignored)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as err:
+        raise DataError(f"{path.name}: cannot read ({err.strerror})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _first_duplicate(values: pd.Series) -> tuple[int, str]:
+    dup = values[values.duplicated()]
+    return len(dup), (str(dup.iloc[0]) if len(dup) else "")
+
+
+def _pseudonyms(patient_ids: pd.Series) -> list[str]:
+    """:func:`pseudonymise` each distinct id once (a patient has up to 184 images)."""
+    codes, uniques = pd.factorize(patient_ids)
+    names = np.array([pseudonymise(p) for p in uniques], dtype=object)
+    return names[codes].tolist()
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """This site's rows of the Data_Entry CSV, the split of each, and where each PNG is."""
+
+    table: pd.DataFrame  # ENTRY_COLUMNS present in the CSV + "row" + "split"
+    split_source: str  # which file the split came from (for the overlap message)
+    paths: dict[str, str]  # image id -> file, for the selected images found on disk
+    missing: list[str]  # selected image ids not found on disk (kept in CSV order)
 
 
 class NihLoader(SiteLoader):
+    """NIH ChestX-ray14: Data_Entry CSV + PNGs (flat or nested), optional image list and split.
+
+    Attributes set by :meth:`index`: ``skipped_`` (images left out, by reason) and ``notes_``
+    (things worth knowing that did not stop the site, e.g. unknown label names dropped).
+    """
+
     name = "nih"
 
-    class Options(Section):
-        csv: str | None = None  # default: the first of CSV_NAMES found in the root
-        image_list: str | None = None
-        split_lists: bool = True
-        on_missing_image: Literal["error", "skip"] = "error"
-        unknown_labels: Literal["error", "drop"] = "error"
+    class Options(SiteLoader.Options):
+        csv: str | None = Field(
+            None, description="Data_Entry file; None = Data_Entry_2017(_v2020).csv in the root"
+        )
+        image_list: str | None = Field(
+            None, description="file of image names (or CSV with Image Index[, split]); None = all"
+        )
+        split_lists: bool = Field(
+            True, description="fill split from train_val_list.txt / test_list.txt when present"
+        )
+        on_missing_image: Literal["error", "skip"] = Field(
+            "error", description="a CSV row without its PNG: stop, or skip it and count it"
+        )
+        unknown_labels: Literal["error", "drop"] = Field(
+            "error", description="an unknown label name: stop, or drop the name and count it"
+        )
 
-    # --- files ----------------------------------------------------------------------------
-    @cached_property
-    def _root(self) -> Path:
-        root = Path(self.root)
-        if not root.is_dir():
-            raise DataError(f"{self.source}: data folder does not exist")
-        return root
+    options: Options
 
-    @cached_property
-    def _csv_path(self) -> Path:
+    def __init__(
+        self, root: str, options: dict[str, Any] | None = None, *, source: str = ""
+    ) -> None:
+        super().__init__(root, options, source=source)
+        self.root_path = Path(root)
+        self.skipped_: Counter[str] = Counter()
+        self.notes_: Counter[str] = Counter()
+        self._paths: dict[str, str] | None = None
+        self._entries: pd.DataFrame | None = None
+
+    # ------------------------------------------------------------------------------- files
+
+    def csv_path(self) -> Path:
+        """The Data_Entry CSV this loader reads (raises :class:`DataError` when absent)."""
+        if not self.root_path.is_dir():
+            raise DataError(f"{self.source}: the data folder (data.root) does not exist")
         names = [self.options.csv] if self.options.csv else list(CSV_NAMES)
         for name in names:
-            if (self._root / name).is_file():
-                return self._root / name
-        raise DataError(f"{self.source}: no {' or '.join(names)} in the data folder")
+            path = self.root_path / name  # an absolute name replaces the root
+            if path.is_file():
+                return path
+        wanted = " or ".join(Path(n).name for n in names)
+        raise DataError(f"{self.source}: no {wanted} in the data folder (data.root)")
 
-    @cached_property
-    def _files(self) -> dict[str, Path]:
-        """File name -> path of every PNG under the root (flat or nested), indexed once."""
-        files: dict[str, Path] = {}
-        for folder, _, names in os.walk(self._root):
-            for name in names:
-                if name.lower().endswith(".png"):
-                    files.setdefault(name, Path(folder) / name)
-        return files
-
-    def _list_path(self, name: str) -> Path:
-        p = Path(name)
-        return p if p.is_absolute() else self._root / p
-
-    # --- contract -------------------------------------------------------------------------
-    def index(self) -> pd.DataFrame:
-        src = self._csv_path.name
-        try:
-            raw = pd.read_csv(self._csv_path, dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, UnicodeDecodeError) as err:
-            raise DataError(f"{src}: not a readable CSV ({err})") from None
-        missing = [c for c in REQUIRED if c not in raw.columns]
-        if missing:
-            raise DataError(f"{src}: missing column(s) {', '.join(missing)}")
-        dupes = raw["Image Index"].duplicated()
-        if dupes.any():
-            raise DataError(
-                f"{src}: {int(dupes.sum())} duplicate Image Index value(s), "
-                f"first {raw.loc[dupes, 'Image Index'].iloc[0]!r}"
-            )
-        df = raw
-        split = pd.Series("", index=df.index)
-        if self.options.image_list:
-            keep, split_of = self._read_image_list(self.options.image_list)
-            unknown = sorted(set(keep) - set(df["Image Index"]))
-            if unknown:
-                raise DataError(
-                    f"{self.options.image_list}: {len(unknown)} image(s) not in {src}, "
-                    f"first {unknown[0]!r}"
-                )
-            df = df[df["Image Index"].isin(set(keep))].reset_index(drop=True)
-            split = df["Image Index"].map(split_of).fillna("")
-        elif self.options.split_lists:
-            split = self._official_split(df)
-        dropped: list[str] = []
-        labels = (
-            np.stack(
-                [
-                    parse_finding_labels(
-                        v, source=src, unknown=self.options.unknown_labels, dropped=dropped
-                    )
-                    for v in df["Finding Labels"]
-                ]
-            )
-            if len(df)
-            else np.zeros((0, len(LABELS)), np.float32)
-        )
-        if dropped:
-            log.warning(
-                "%s: dropped %d unknown label name(s) (%s)",
-                src,
-                len(dropped),
-                ", ".join(sorted(set(dropped))),
-            )
-        out = pd.DataFrame(
-            {
-                "image_id": df["Image Index"].to_numpy(),
-                "patient": [pseudonymise(p) for p in df["Patient ID"]],
-                "view": df.get("View Position", pd.Series("", index=df.index))
-                .str.upper()
-                .to_numpy(),
-                "split": split.to_numpy(),
-            }
-        )
-        for j, name in enumerate(LABELS):
-            out[name] = labels[:, j]
-        out = self._check_images(out)
-        _refuse_patient_overlap(out, src)
-        return out[list(INDEX_COLUMNS)]
-
-    def _read_image_list(self, name: str) -> tuple[list[str], dict[str, str]]:
-        path = self._list_path(name)
+    def image_list_path(self) -> Path | None:
+        text = self.options.image_list
+        if text is None:
+            return None
+        path = Path(expand_vars(text, source=f"{self.source}: data.options.image_list"))
+        path = path if path.is_absolute() else self.root_path / path
         if not path.is_file():
-            raise DataError(f"{self.source}: image_list {name} not found")
-        if path.suffix.lower() == ".csv":
-            lst = pd.read_csv(path, dtype=str, keep_default_na=False)
-            if "Image Index" not in lst.columns:
-                raise DataError(f"{path.name}: missing column Image Index")
-            split = lst["split"] if "split" in lst.columns else pd.Series("", index=lst.index)
-            return lst["Image Index"].tolist(), dict(zip(lst["Image Index"], split))
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        return names, {}
+            raise DataError(f"{self.source}: data.options.image_list: {text} not found")
+        return path
 
-    def _official_split(self, df: pd.DataFrame) -> pd.Series:
-        split = pd.Series("", index=df.index)
-        for fname, value in (("train_val_list.txt", "train"), ("test_list.txt", "test")):
-            p = self._root / fname
-            if p.is_file():
-                listed = {line.strip() for line in p.read_text().splitlines() if line.strip()}
-                split[df["Image Index"].isin(listed)] = value
-        return split
+    def _split_list_paths(self) -> list[tuple[Path, str]]:
+        if not self.options.split_lists:
+            return []
+        pairs = [(self.root_path / name, split) for name, split in SPLIT_LISTS]
+        return [(p, s) for p, s in pairs if p.is_file()]
 
-    def _check_images(self, out: pd.DataFrame) -> pd.DataFrame:
-        present = out["image_id"].isin(self._files.keys())
-        if present.all():
-            return out
-        n_missing = int((~present).sum())
-        first = out.loc[~present, "image_id"].iloc[0]
-        if self.options.on_missing_image == "error":
+    def _scan_pngs(self) -> dict[str, list[str]]:
+        """File name -> every PNG of that name under the root (recursive, one pass)."""
+        found: dict[str, list[str]] = {}  # plain strings: 112k Path objects cost seconds
+        stack, seen = [self.root_path], set()
+        while stack:
+            folder = stack.pop()
+            real = os.path.realpath(folder)
+            if real in seen:
+                continue  # a symlink loop, or two links to one folder
+            seen.add(real)
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue  # an unreadable sub-folder holds nothing we can use
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=True):
+                    stack.append(Path(entry.path))
+                elif entry.name.lower().endswith(".png"):
+                    found.setdefault(entry.name, []).append(entry.path)
+        return found
+
+    # --------------------------------------------------------------------------- selection
+
+    def _select(self) -> _Selection:
+        csv_path = self.csv_path()
+        csv_name = csv_path.name
+        table = read_data_entry(csv_path)
+        if (table["Image Index"] == "").any():
+            row = int(table.loc[table["Image Index"] == "", "row"].iloc[0])
+            raise DataError(f"{csv_name} row {row}: empty Image Index")
+        n_dup, first = _first_duplicate(table["Image Index"])
+        if n_dup:
             raise DataError(
-                f"{self._csv_path.name}: {n_missing} listed image(s) missing on disk, first {first}"
+                f"{csv_name}: {n_dup} duplicate Image Index value(s) (first {first}); "
+                "each image must be listed once"
             )
-        log.warning(
-            "%s: skipped %d listed image(s) missing on disk", self._csv_path.name, n_missing
+        table["split"] = ""
+        split_source = csv_name
+        for list_path, split in self._split_list_paths():
+            listed = table["Image Index"].isin(set(_read_names(list_path)))
+            clash = listed & (table["split"] != "")
+            if clash.any():
+                raise DataError(
+                    f"{list_path.name}: {int(clash.sum())} image(s) also in another split list "
+                    f"(first {table.loc[clash, 'Image Index'].iloc[0]})"
+                )
+            table.loc[listed, "split"] = split
+            split_source = "train_val_list.txt / test_list.txt"
+
+        list_path = self.image_list_path()
+        if list_path is not None:
+            table, from_list = self._apply_image_list(table, list_path, csv_name)
+            if from_list:
+                split_source = list_path.name
+
+        empty_patient = table["Patient ID"] == ""
+        if empty_patient.any():
+            row = int(table.loc[empty_patient, "row"].iloc[0])
+            raise DataError(f"{csv_name} row {row}: empty Patient ID")
+
+        on_disk = self._scan_pngs()
+        ids = table["Image Index"].tolist()
+        repeated = [i for i in ids if len(on_disk.get(i, ())) > 1]
+        if repeated:
+            raise DataError(
+                f"{self.source}: {len(repeated)} image(s) found more than once under the data "
+                f"folder (first {repeated[0]}); keep one copy (flat or nested, not both)"
+            )
+        paths = {i: on_disk[i][0] for i in ids if i in on_disk}
+        missing = [i for i in ids if i not in paths]
+        return _Selection(table.reset_index(drop=True), split_source, paths, missing)
+
+    def _apply_image_list(
+        self, table: pd.DataFrame, list_path: Path, csv_name: str
+    ) -> tuple[pd.DataFrame, bool]:
+        """Restrict ``table`` to the listed images; return whether the list carried a split."""
+        list_name = list_path.name
+        has_split = False
+        if list_path.suffix.lower() == ".csv":
+            try:
+                listed = pd.read_csv(
+                    list_path, dtype=str, keep_default_na=False, encoding="utf-8-sig"
+                )
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+                raise DataError(f"{list_name}: not a readable CSV ({type(err).__name__})") from None
+            listed.columns = [str(c).strip() for c in listed.columns]
+            if "Image Index" not in listed.columns:
+                raise DataError(f"{list_name}: missing column 'Image Index'")
+            names = listed["Image Index"].str.strip()
+            has_split = "split" in listed.columns
+            splits = (
+                [
+                    parse_split(v, source=f"{list_name} row {i + 2}")
+                    for i, v in enumerate(listed["split"])
+                ]
+                if has_split
+                else None
+            )
+        else:
+            names = pd.Series(_read_names(list_path), dtype=str)
+            splits = None
+        n_dup, first = _first_duplicate(names)
+        if n_dup:
+            raise DataError(f"{list_name}: {n_dup} image(s) listed twice (first {first})")
+        known = set(table["Image Index"])
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise DataError(
+                f"{list_name}: {len(unknown)} listed image(s) not in {csv_name} "
+                f"(first {unknown[0]})"
+            )
+        table = table[table["Image Index"].isin(set(names))].copy()
+        if splits is not None:
+            table["split"] = table["Image Index"].map(dict(zip(names, splits)))
+        return table, has_split
+
+    # ------------------------------------------------------------------------------ contract
+
+    def index(self) -> pd.DataFrame:
+        selection = self._select()
+        csv_name = self.csv_path().name
+        table = selection.table
+        self.skipped_, self.notes_ = Counter(), Counter()
+        if selection.missing:
+            n, first = len(selection.missing), selection.missing[0]
+            if self.options.on_missing_image == "error":
+                raise DataError(
+                    f"{csv_name}: {n} listed image(s) missing on disk under the data folder "
+                    f"(first {first}); set data.options.on_missing_image: skip to leave them out"
+                )
+            self.skipped_[MISSING_ON_DISK] += n
+            logger.warning("%s: skipped %d listed image(s) missing on disk", csv_name, n)
+            table = table[table["Image Index"].isin(selection.paths.keys())]
+            table = table.reset_index(drop=True)
+
+        labels = self._parse_labels(table, csv_name)
+        index = assemble_index(
+            table["Image Index"].tolist(),
+            _pseudonyms(table["Patient ID"]),  # the raw id goes no further
+            [parse_view(v) for v in table.get("View Position", pd.Series("", index=table.index))],
+            table["split"].tolist(),
+            labels,
+            source=selection.split_source,
         )
-        return out[present].reset_index(drop=True)
+        self._paths = selection.paths
+        self._entries = table.drop(columns="row").reset_index(drop=True)
+        return index
+
+    def entries(self) -> pd.DataFrame:
+        """The site's Data_Entry rows (kept columns, strings) plus ``split``, row-aligned with
+        :meth:`index`. Holds raw patient ids: for writing the site's own files, never reports."""
+        if self._entries is None:
+            self.index()
+        assert self._entries is not None
+        return self._entries.copy()
+
+    def _parse_labels(self, table: pd.DataFrame, csv_name: str) -> np.ndarray:
+        """Parse each distinct Finding Labels value once (112k rows hold ~800 distinct ones)."""
+        if table.empty:
+            return np.zeros((0, NUM_LABELS), dtype=np.float32)
+        codes, uniques = pd.factorize(table["Finding Labels"], sort=False)
+        _, first_pos = np.unique(codes, return_index=True)  # codes are 0..len(uniques)-1
+        first_row = table["row"].to_numpy()[first_pos]
+        counts = np.bincount(codes, minlength=len(uniques))
+        dropped: Counter[str] = Counter()
+        vectors = np.empty((len(uniques), NUM_LABELS), dtype=np.float32)
+        for code, value in enumerate(uniques):
+            names: list[str] = []
+            vectors[code] = parse_labels_cell(
+                value,
+                source=f"{csv_name} row {first_row[code]}",
+                unknown=self.options.unknown_labels,
+                dropped=names,
+            )
+            for name in names:
+                dropped[name] += int(counts[code])
+        if dropped:
+            self.notes_["unknown label names dropped"] += sum(dropped.values())
+            logger.warning(
+                "%s: dropped unknown label name(s) %s (%d occurrence(s))",
+                csv_name,
+                ", ".join(repr(n) for n in sorted(dropped)),
+                sum(dropped.values()),
+            )
+        return vectors[codes]
 
     def read_image(self, image_id: str) -> np.ndarray:
-        path = self._files.get(image_id)
+        if self._paths is None:
+            self.index()
+        assert self._paths is not None
+        path = self._paths.get(image_id)
         if path is None:
-            raise DataError(f"image {image_id}: missing on disk")
-        return read_raster(path, image_id=image_id)[0]
+            raise BadImageError(image_id, "not in this site's index")
+        image, colour = read_raster(path, image_id=image_id)
+        if colour:
+            self.notes_["colour images converted to gray"] += 1
+        return image
 
     def fingerprint(self) -> str:
+        """Digest of the CSV, list files and options, and of (name, size, mtime) of every image
+        this site selects (a missing one counts too, so its arrival changes the digest)."""
+        selection = self._select()
         h = hashlib.sha256()
-        h.update(self.name.encode())
-        h.update(self.options.model_dump_json().encode())
-        listed = [self._csv_path]
-        if self.options.image_list:
-            listed.append(self._list_path(self.options.image_list))
-        listed += [self._root / n for n in ("train_val_list.txt", "test_list.txt")]
-        for p in listed:
-            if p.is_file():
-                st = p.stat()
-                h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-        for name in sorted(self._files):
-            st = self._files[name].stat()
-            h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        h.update(json.dumps({"loader": self.name, **self.options.model_dump()}).encode())
+        files = [self.csv_path(), *(p for p, _ in self._split_list_paths())]
+        list_path = self.image_list_path()
+        if list_path is not None:
+            files.append(list_path)
+        for path in files:
+            st = path.stat()
+            h.update(f"{path.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        for image_id in selection.table["Image Index"]:
+            path = selection.paths.get(image_id)
+            try:
+                st = os.stat(path) if path is not None else None
+            except OSError:
+                st = None
+            size, mtime = (st.st_size, st.st_mtime_ns) if st is not None else (-1, -1)
+            h.update(f"{image_id}\0{size}\0{mtime}\n".encode())
         return h.hexdigest()[:32]
-
-
-def _refuse_patient_overlap(index: pd.DataFrame, source: str) -> None:
-    train = set(index.loc[index["split"] == "train", "patient"])
-    test = set(index.loc[index["split"] == "test", "patient"])
-    both = train & test
-    if both:
-        raise DataError(
-            f"{source}: {len(both)} patient(s) appear in both the train and the test "
-            "split (splits must be by patient)"
-        )
