@@ -62,6 +62,12 @@ class TrainingConfig(Section):
     weight_decay: float = Field(1e-4, ge=0, description="added to the loss as 0.5*wd*||w||^2")
     eval_points: int = Field(10, ge=1, description="evaluations along training (learning curves)")
     device: str = Field("cpu", description="cpu | cuda | auto")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads for this process (None: torch's default, one per core); "
+        "1 is faster when other work shares the cores",
+    )
 
 
 class ECLConfig(Section):

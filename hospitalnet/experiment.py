@@ -113,11 +113,13 @@ def train_method(
     n_train = sum(len(t) for t in world.train.values())
     preds: dict[str, np.ndarray] = {}
     eval_points: list[dict] = []
-    if method == POOLED:
-        # The same images as all sites together: one model, n_sites times the local steps.
-        total_steps, parallel = steps * len(sites), 1
-    else:
-        total_steps, parallel = steps, len(sites)
+    # The pooled reference takes the same number of steps as every site, each on a batch as large
+    # as all sites' batches together: what synchronous data-parallel training on the pooled data
+    # would do with the same hardware, images and updates (FedAvg with K = 1 on IID sites is
+    # exactly this). A serial pooled run with n_sites times the steps at the site batch would win
+    # on sequential updates alone, which no parallel method can match at an equal learning rate.
+    total_steps = steps
+    images_per_step = batch * len(sites)
     every = total_steps / cfg.training.eval_points
 
     def on_eval(k: int, params: dict[str, torch.Tensor]) -> None:
@@ -127,7 +129,7 @@ def train_method(
                 "k": point,
                 "local_steps": int(k),
                 "virtual_time": float(k),
-                "epochs": float(k) * batch * parallel / n_train,
+                "epochs": float(k) * images_per_step / n_train,
             }
         )
         for site in sites:
@@ -138,14 +140,19 @@ def train_method(
     bar = tqdm(total=total_steps, desc=f"train {method}", unit="step", disable=not progress)
 
     def on_progress(done: int, total: int) -> None:
-        bar.update(done - bar.n)
+        # ``done`` counts local steps summed over sites; show it as steps of the whole network.
+        bar.update(round(done * total_steps / max(total, 1)) - bar.n)
 
     t0 = time.perf_counter()
     seed = cfg.seed
     if method == POOLED:
         pooled = _pooled(world)
         obj = ChestXrayObjective(
-            flat, pooled.images, pooled.labels, batch, torch_generator(seed, "batches", POOLED)
+            flat,
+            pooled.images,
+            pooled.labels,
+            images_per_step,
+            torch_generator(seed, "batches", POOLED),
         )
         result = run_pooled(
             obj,
@@ -206,7 +213,7 @@ def train_method(
             {"time": e.time, "site": e.site, "kind": e.kind, "peer": e.peer, "detail": e.detail}
             for e in result.events
         ],
-        "images_per_second": total_steps * batch / max(wall, 1e-9),
+        "images_per_second": total_steps * images_per_step / max(wall, 1e-9),
     }
     return result, {"predictions": preds, "history": history}, wall
 
@@ -305,6 +312,8 @@ def run_experiment(
     atomic_write_bytes(run.config, dump_config(cfg).encode())
 
     root = ensure_world(cfg, progress=progress)
+    if cfg.training.threads is not None:
+        torch.set_num_threads(cfg.training.threads)
     world = load_world(cfg, root, progress=progress)
     sites = list(world.train)
 

@@ -64,7 +64,7 @@ def _settings(cfg: ExperimentConfig) -> dict:
         "world": cfg.world.model_dump(exclude={"cache_dir"}),
         "partition": cfg.partition.model_dump(),
         "seed": cfg.seed,
-        "version": 2,
+        "version": 3,  # bump when the generator or the partition changes
     }
 
 

@@ -206,8 +206,9 @@ def render_batch(
         ),
     )
 
-    fib_s = strength(0.06, 0.16)
-    reticular_coarse = rng.standard_normal((b, 40, 40))
+    # Coarse enough (20 cells across) that the reticulation survives the 64 px training size.
+    fib_s = strength(0.1, 0.22)
+    reticular_coarse = rng.standard_normal((b, 20, 20))
     add(
         "Fibrosis",
         lambda i, x, y: (
@@ -277,7 +278,7 @@ def render_batch(
         ),
     )
 
-    h_r, h_s = _col(rng.uniform(0.05, 0.08, b)), strength(0.6, 1.2)
+    h_r, h_s = _col(rng.uniform(0.07, 0.11, b)), strength(0.8, 1.4)
 
     def hernia(i, x, y):
         bubble = _soft_inside(np.sqrt((x - 0.05) ** 2 + (y - 0.33) ** 2) - h_r[i], 0.01)
