@@ -70,6 +70,18 @@ class ECLConfig(Section):
     rho: float = Field(0.0, ge=0, description="optional proximity to received models")
     site_weighting: Literal["samples", "uniform"] = "samples"
     dual_init: Literal["model", "zero"] = "model"
+    compression: Literal["none", "float16", "topk"] = Field(
+        "none",
+        description="duals on the wire: none (float32), float16 (half the bytes) or topk (the "
+        "topk_fraction entries that changed most, as values + indices: 8 bytes each)",
+    )
+    topk_fraction: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="compression topk: share of entries sent (0.25 = half the "
+        "bytes, 0.125 = a quarter)",
+    )
 
 
 class FedProxConfig(Section):
