@@ -119,6 +119,8 @@ def run_one(cfg: ExperimentConfig, world: World, method: str, progress: bool) ->
         "images_per_s": steps * cfg.training.batch_size / max(wall, 1e-9),
         "failed_sites": sorted(result.failed),
         "bytes_sent": result.bytes_sent,
+        "messages_sent": result.messages_sent,
+        "bytes_per_edge": {f"{a}->{b}": st.bytes_sent for (a, b), st in result.edge_stats.items()},
     }
 
 

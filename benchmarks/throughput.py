@@ -181,7 +181,8 @@ def main() -> int:
             torch.set_num_threads(threads)
             ceiling = matmul_ceiling()
             runner = Runner(cfg, world, args.method, args.steps)
-            runner.simulation(-1) if not args.smoke else None  # warm-up (allocator, kernels)
+            if not args.smoke:
+                runner.simulation(10_000)  # warm-up (allocator, kernels); not counted
             sims, pools, ratios = [], [], []
             for rep in range(args.repeats):
                 sim, pooled = runner.simulation(rep), runner.pooled_run(rep)
