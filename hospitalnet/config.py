@@ -35,6 +35,12 @@ class WorldConfig(Section):
         None,
         description="where the world is generated once and reused; None = ~/.cache/hospitalnet",
     )
+    root: str | None = Field(
+        None,
+        description="an already partitioned data set to train on instead of the synthetic "
+        "world: the --out folder of `hospitalnet partition` (partition.json, sites/); ~ and "
+        "${VAR} are expanded; None = the built-in synthetic world",
+    )
 
 
 class PartitionConfig(Section):
