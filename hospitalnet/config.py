@@ -35,6 +35,12 @@ class WorldConfig(Section):
         None,
         description="where the world is generated once and reused; None = ~/.cache/hospitalnet",
     )
+    root: str | None = Field(
+        None,
+        description="an already partitioned data set to train on instead of the synthetic "
+        "world: the --out folder of `hospitalnet partition` (partition.json, sites/); ~ and "
+        "${VAR} are expanded; None = the built-in synthetic world",
+    )
 
 
 class PartitionConfig(Section):
@@ -76,6 +82,18 @@ class ECLConfig(Section):
     rho: float = Field(0.0, ge=0, description="optional proximity to received models")
     site_weighting: Literal["samples", "uniform"] = "samples"
     dual_init: Literal["model", "zero"] = "model"
+    compression: Literal["none", "float16", "topk"] = Field(
+        "none",
+        description="duals on the wire: none (float32), float16 (half the bytes) or topk (the "
+        "topk_fraction entries that changed most, as values + indices: 8 bytes each)",
+    )
+    topk_fraction: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="compression topk: share of entries sent (0.25 = half the "
+        "bytes, 0.125 = a quarter)",
+    )
 
 
 class FedProxConfig(Section):

@@ -170,6 +170,7 @@ class PeerBook:
         like: torch.Tensor,
         now: float,
         staleness: bool = True,
+        payload_spec: Callable[[MessageKind], tuple[int, torch.dtype]] | None = None,
     ) -> None:
         self.owner = owner
         self.rules = rules
@@ -179,6 +180,8 @@ class PeerBook:
         self.strangers: dict[str, EdgeStats] = {}
         self._numel = like.numel()
         self._dtype = like.dtype
+        # what each payload kind must look like (compressed duals differ from the model)
+        self._spec = payload_spec or (lambda kind: (self._numel, self._dtype))
 
     def canonical(self, messages: Iterable[Message]) -> list[Message]:
         """Neighbour order, then sequence number; unknown senders last (they are rejected)."""
@@ -205,9 +208,10 @@ class PeerBook:
             p = msg.payload
             if p is None:
                 return self._reject(msg, "missing_payload")
-            if p.dim() != 1 or p.numel() != self._numel:
+            numel, dtype = self._spec(msg.kind)
+            if p.dim() != 1 or p.numel() != numel:
                 return self._reject(msg, "shape")
-            if p.dtype != self._dtype:
+            if p.dtype != dtype:
                 return self._reject(msg, "dtype")
             if not is_finite_tensor(p):
                 return self._reject(msg, "non_finite")
@@ -292,7 +296,14 @@ class SiteNode:
         self.serving_ticks = 0
         self.lr = context.lr
         self.state: Any = algorithm.init(context)
-        self.book = PeerBook(self.site, self.neighbours, rules, context.w0, clock())
+        self.book = PeerBook(
+            self.site,
+            self.neighbours,
+            rules,
+            context.w0,
+            clock(),
+            payload_spec=lambda kind: algorithm.payload_spec(kind, context.w0),
+        )
         self.step = 0
         self.losses: list[float] = []
         self.events: list[Event] = []

@@ -25,10 +25,11 @@ import yaml
 
 from hospitalnet.config import ExperimentConfig, PartitionConfig, WorldConfig
 from hospitalnet.data.export import export_site_as_csv, export_site_as_dicom
-from hospitalnet.data.manifest import load_manifest
+from hospitalnet.data.manifest import expand_vars, load_manifest
 from hospitalnet.data.nih import NihLoader
 from hospitalnet.data.partition import partition_dataset
 from hospitalnet.data.synthetic import write_world
+from hospitalnet.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def _store_site(root: Path, site: str, storage: str, seed: int) -> None:
 
 def _settings(cfg: ExperimentConfig) -> dict:
     return {
-        "world": cfg.world.model_dump(exclude={"cache_dir"}),
+        "world": cfg.world.model_dump(exclude={"cache_dir", "root"}),
         "partition": cfg.partition.model_dump(),
         "seed": cfg.seed,
         "version": 3,  # bump when the generator or the partition changes
@@ -84,7 +85,20 @@ def world_dir(cfg: ExperimentConfig) -> Path:
 
 
 def ensure_world(cfg: ExperimentConfig, *, progress: bool = True) -> Path:
-    """Return the world folder for ``cfg``, generating it first if needed."""
+    """Return the world folder for ``cfg``, generating it first if needed.
+
+    With ``world.root`` set (a real data set partitioned by ``hospitalnet partition``), that
+    folder is returned as it is: nothing is generated.
+    """
+    if cfg.world.root:
+        text = expand_vars(cfg.world.root, source="world.root")
+        given = Path(os.path.expanduser(text))
+        if not (given / "partition.json").is_file():
+            raise ConfigError(
+                f"world.root: {given} has no partition.json (run `hospitalnet partition "
+                f"--data ... --out {given}` first)"
+            )
+        return given
     root = world_dir(cfg)
     ready = root / "READY"
     if ready.is_file() and json.loads(ready.read_text()) == _settings(cfg):

@@ -43,6 +43,8 @@ def _ecl(cfg: ECLConfig, name: str, **override: object) -> ECL:
         site_weighting=settings["site_weighting"],  # type: ignore[arg-type]
         dual_init=settings["dual_init"],  # type: ignore[arg-type]
         name=name,
+        compression=settings["compression"],  # type: ignore[arg-type]
+        topk_fraction=float(settings["topk_fraction"]),  # type: ignore[arg-type]
     )
 
 

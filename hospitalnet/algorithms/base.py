@@ -137,6 +137,14 @@ class Algorithm(ABC):
         """Apply a validated, in-order message from a neighbour."""
         return state
 
+    def payload_spec(self, kind: MessageKind, like: torch.Tensor) -> tuple[int, torch.dtype]:
+        """Length and dtype of a ``kind`` payload on the wire for a model shaped like ``like``.
+
+        The receiver rejects anything else. Default: the flat model itself; compressed duals
+        (``ECL(compression=...)``) are shorter or narrower.
+        """
+        return like.numel(), like.dtype
+
     def set_edge_active(self, state: Any, neighbour: str, active: bool) -> Any:
         """The site loop's liveness verdict on an edge changed."""
         if hasattr(state, "active"):

@@ -25,10 +25,30 @@ Choices (each measured or argued in ALGORITHMS.md / the tests):
 - The coupling sum ``sum_j eta_ij mu A z_{i|j}`` is cached: a received dual updates it
   incrementally (two vector passes) and it is re-summed exactly in neighbour order after an
   edge changes state and every REFRESH_EVERY updates, so a step costs three vector operations.
+
+Compression of the duals on the wire (``compression``; C-ECL, Takezawa, Niwa, Yamada 2023, in
+spirit), applied here in the pure transitions so a simulation and a deployment send the same
+bytes:
+
+- ``none``     y as float32 (4 bytes per parameter).
+- ``float16``  y rounded to float16 (2 bytes per parameter: half the bytes). Stateless, so it is
+               as robust to lost or late messages as ``none``; the rounding (relative 2^-11)
+               leaves a small noise floor on the consensus.
+- ``topk``     only the k = ceil(topk_fraction * n) entries where y differs most from what the
+               receiver already holds: both ends keep the same reconstruction y^_{i|j}; the
+               sender picks the k largest |y - y^|, sends their *values* (not differences) and
+               indices, and both ends overwrite y^ there; the receiver then relaxes z towards
+               y^ as usual. Payload: k float32 values then k indices (as float32, exact below
+               2^24 parameters), i.e. 8k bytes; topk_fraction 0.25 halves and 0.125 quarters
+               the bytes. Sending values rather than differences means a lost message only
+               leaves those k entries stale until they are picked again (no accumulated drift).
+               y^ starts at the value of y at w0 that both ends can compute.
+MODEL payloads of the optional proximity term (rho > 0) are never compressed.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -46,6 +66,10 @@ from hospitalnet.messages import Message, MessageKind
 
 #: Incremental coupling updates between two exact re-sums (bounds float round-off drift).
 REFRESH_EVERY = 64
+
+Compression = Literal["none", "float16", "topk"]
+#: Indices travel as float32, exact for every integer below this.
+MAX_TOPK_PARAMS = 1 << 24
 
 
 @dataclass
@@ -65,6 +89,27 @@ class ECLState:
     dirty: bool = True  # coupling must be re-summed before the next step
     updates: int = 0  # incremental coupling updates since the last re-sum
     steps: int = 0
+    sent: dict[str, torch.Tensor] = field(default_factory=dict)  # topk: y^_{i|j} (receiver's view)
+    heard: dict[str, torch.Tensor] = field(default_factory=dict)  # topk: y^_{j|i} from j
+
+
+def topk_size(numel: int, fraction: float) -> int:
+    """k, the number of entries a top-k dual payload keeps (at least one)."""
+    return max(1, min(numel, math.ceil(fraction * numel)))
+
+
+def encode_topk(y: torch.Tensor, view: torch.Tensor, k: int) -> torch.Tensor:
+    """The k entries of ``y`` farthest from ``view`` as ``[values, indices]``; updates ``view``."""
+    idx = torch.topk((y - view).abs_(), k, sorted=False).indices.sort().values
+    values = y[idx]
+    view[idx] = values
+    return torch.cat([values, idx.to(torch.float32)])
+
+
+def decode_topk(payload: torch.Tensor, view: torch.Tensor) -> None:
+    """Overwrite ``view`` with the entries carried by a top-k ``payload`` (in place)."""
+    k = payload.numel() // 2
+    view[payload[k:].to(torch.int64)] = payload[:k].to(view.dtype)
 
 
 class ECL(Algorithm):
@@ -82,6 +127,10 @@ class ECL(Algorithm):
         ``samples`` (loss scaled by N p_i, consensus optimum = pooled optimum) or ``uniform``.
     dual_init:
         ``model`` (z = A w0) or ``zero``.
+    compression:
+        ``none``, ``float16`` or ``topk`` (see the module docstring).
+    topk_fraction:
+        Share of the entries a ``topk`` payload carries, in (0, 1].
     """
 
     def __init__(
@@ -92,6 +141,8 @@ class ECL(Algorithm):
         site_weighting: SiteWeighting = "samples",
         dual_init: Literal["model", "zero"] = "model",
         name: str = "ecl",
+        compression: Compression = "none",
+        topk_fraction: float = 0.25,
     ) -> None:
         self.lingers = True  # receive only touches the duals
         if not 0.0 < theta <= 1.0:
@@ -102,7 +153,13 @@ class ECL(Algorithm):
             raise ConfigError(f"ecl.rho: {rho} must be >= 0")
         self.theta = float(theta)
         self.eta = eta
+        if compression not in ("none", "float16", "topk"):
+            raise ConfigError(f"ecl.compression: unknown value {compression!r}")
+        if not 0.0 < topk_fraction <= 1.0:
+            raise ConfigError(f"ecl.topk_fraction: {topk_fraction} is not in (0, 1]")
         self.rho = float(rho)
+        self.compression = compression
+        self.topk_fraction = float(topk_fraction)
         self.site_weighting = site_weighting
         self.dual_init = dual_init
         self.name = name
@@ -119,7 +176,12 @@ class ECL(Algorithm):
             j: (ctx.signs[j] * w if self.dual_init == "model" else torch.zeros_like(w))
             for j in ctx.neighbours
         }
-        return ECLState(
+        if self.compression == "topk" and w.numel() >= MAX_TOPK_PARAMS:
+            raise ConfigError(
+                f"ecl.compression: topk supports models below {MAX_TOPK_PARAMS} parameters, "
+                f"this one has {w.numel()}"
+            )
+        state = ECLState(
             w=w,
             z=z,
             signs=dict(ctx.signs),
@@ -131,6 +193,22 @@ class ECL(Algorithm):
             eta_lr={j: self._eta_lr(ctx, j) for j in ctx.neighbours},
             w_rcv={j: w.clone() for j in ctx.neighbours} if self.rho > 0 else {},
         )
+        if self.compression == "topk":
+            # y at w0 as both ends compute it: y_{i|j} = z0_{i|j} - 2 A_{i|j} w0, and from j
+            # y_{j|i} = z0_{j|i} + 2 A_{i|j} w0 with z0_{j|i} = -A_{i|j} w0 (or 0)
+            for j in ctx.neighbours:
+                a = ctx.signs[j]
+                state.sent[j] = z[j] - 2 * a * w
+                state.heard[j] = (-z[j]) + 2 * a * w
+        return state
+
+    def payload_spec(self, kind: MessageKind, like: torch.Tensor) -> tuple[int, torch.dtype]:
+        """Length and dtype of a ``kind`` payload for a model shaped like ``like``."""
+        if kind is MessageKind.DUAL and self.compression == "float16":
+            return like.numel(), torch.float16
+        if kind is MessageKind.DUAL and self.compression == "topk":
+            return 2 * topk_size(like.numel(), self.topk_fraction), like.dtype
+        return like.numel(), like.dtype
 
     def _eta_lr(self, ctx: SiteContext, j: str) -> float:
         if self.eta == "auto":
@@ -181,6 +259,11 @@ class ECL(Algorithm):
     # ---- exchange --------------------------------------------------------------------------
     def outgoing(self, state: ECLState, neighbour: str) -> list[Outgoing]:
         y = torch.add(state.z[neighbour], state.w, alpha=-2.0 * state.signs[neighbour])
+        if self.compression == "float16":
+            y = y.to(torch.float16)
+        elif self.compression == "topk":
+            k = topk_size(y.numel(), self.topk_fraction)
+            y = encode_topk(y, state.sent[neighbour], k)
         out = [Outgoing(MessageKind.DUAL, y)]
         if self.rho > 0:
             out.append(Outgoing(MessageKind.MODEL, state.w.clone()))
@@ -192,6 +275,11 @@ class ECL(Algorithm):
             return state
         y, z = message.payload, state.z[j]
         if message.kind is MessageKind.DUAL:
+            if self.compression == "topk":
+                decode_topk(y, state.heard[j])
+                y = state.heard[j]
+            elif y.dtype != z.dtype:
+                y = y.to(z.dtype)
             if state.active[j] and not state.dirty and state.coupling is not None:
                 # keep the cached coupling in step: + eta_ij mu A theta (y - z), two passes
                 # instead of a full re-sum; re-summed exactly every REFRESH_EVERY updates
