@@ -1,6 +1,6 @@
 """Accuracy of every method against the pooled model, over seeds, topologies, skew and K.
 
-Three parts (``--parts``, default all):
+Four parts (``--parts``, default main,skew,k):
 
 - ``main``  the configured world (default: configs/default.yaml), every method at equal local
             steps and equal exchange budget K, on each topology of ``--topologies``. Methods that
@@ -10,6 +10,8 @@ Three parts (``--parts``, default all):
             ``--sweep-topology``; every skew value is its own world (generated once, cached).
 - ``k``     network.exchange_every over ``--ks`` on the same world (ECL's eta "auto" rule needs
             K >= 2: a run that cannot start is recorded with its error, not skipped silently).
+- ``steps`` training.local_steps over ``--steps`` on the same world: how each method's gap to
+            pooled changes with training length (parallel methods converge later than pooled).
 
 Figures per run: mean over sites of the macro AUROC on the global test set, the worst site's,
 and the gap to the pooled model of the same seed and world (mean over sites of site macro AUROC
@@ -320,7 +322,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default %(default)s)")
-    ap.add_argument("--parts", default="main,skew,k", help="main, skew, k (comma separated)")
+    ap.add_argument("--parts", default="main,skew,k", help="main, skew, k, steps (comma separated)")
     ap.add_argument("--methods", default=",".join(METHODS), help="methods of the main table")
     ap.add_argument("--topologies", default="ring,multiplex_ring")
     ap.add_argument(
@@ -329,6 +331,7 @@ def main() -> int:
     ap.add_argument("--sweep-topology", default=None, help="default: the config's topology")
     ap.add_argument("--skews", default="0,0.5,1,2")
     ap.add_argument("--ks", default="1,4,8,32")
+    ap.add_argument("--steps", default="250,500,1000,2000", help="local_steps of the steps part")
     ap.add_argument("--vary-world", action="store_true", help="a world per seed, not one world")
     ap.add_argument("--out", default=None, help="JSON (default benchmarks/results/accuracy.json)")
     ap.add_argument("--plot", default=None, help="PNG (default next to --out: gap_to_pooled.png)")
@@ -361,7 +364,7 @@ def main() -> int:
         base = with_overrides(base, training={"eval_points": 1})
     seeds = list(range(args.seeds))
     parts = parse_list(args.parts)
-    unknown = [p for p in parts if p not in ("main", "skew", "k")]
+    unknown = [p for p in parts if p not in ("main", "skew", "k", "steps")]
     if unknown:
         ap.error(f"--parts: unknown part {unknown[0]!r}")
     worlds = Worlds(args.progress)
@@ -420,6 +423,19 @@ def main() -> int:
         summary = summarise(rows, ("skew", "method", "topology"))
         result["skew"] = {"topology": sweep_topology, "rows": rows, "summary": summary}
         print_summary("skew sweep", summary, ("skew", "method", "topology"))
+        record()
+    if "steps" in parts:
+        rows = []
+        for steps in parse_list(args.steps, int):
+            print(f"training-length sweep: local_steps {steps}")
+            cfg = with_overrides(base, training={"local_steps": steps})
+            rows += run_grid(
+                cfg, seeds, sweep_methods, [sweep_topology], worlds,
+                vary_world=args.vary_world, tag={"local_steps": steps}, progress=args.progress,
+            )  # fmt: skip
+        summary = summarise(rows, ("local_steps", "method", "topology"))
+        result["steps"] = {"topology": sweep_topology, "rows": rows, "summary": summary}
+        print_summary("training-length sweep", summary, ("local_steps", "method", "topology"))
         record()
     if "k" in parts:
         rows = []

@@ -274,7 +274,7 @@ def hospital_panels(ev: Evaluation) -> bytes | None:
                     color=colours[REFERENCE],
                     label=f"{method_name(REFERENCE)}, final",
                 )
-        _style(ax, site.upper())
+        _style(ax, site)
     for ax in axes[len(sites) :]:
         ax.set_visible(False)
     for ax in axes[(nrows - 1) * ncols :]:
@@ -414,7 +414,7 @@ def _site_label_matrix(ev: Evaluation, method: str, column: str, local: bool):
             values[i, j] = r[column]
             undefined[i, j] = not np.isfinite(r["auroc"])
             unreliable[i, j] = bool(r["unreliable"])
-    names = [s.upper() for s in sites]
+    names = [s for s in sites]
     same = len(sites) > 1 and all(
         np.array_equal(values[0], values[i], equal_nan=True)
         and np.array_equal(undefined[0], undefined[i])
@@ -489,7 +489,7 @@ def local_macro_heatmap(ev: Evaluation) -> bytes | None:
         values,
         undefined,
         np.zeros_like(undefined),
-        [s.upper() for s in sites],
+        [s for s in sites],
         [method_name(m).split(" (")[0] for m in methods],
         "Macro AUROC on each hospital's own test patients",
         "viridis",
@@ -524,7 +524,7 @@ def data_sizes(data: dict[str, Any] | None, sites: Sequence[str]) -> bytes | Non
     ax1.bar(x, test, bottom=train, color=OKABE_ITO["sky"], label="local test images")
     for xi, total in zip(x, train + test):
         ax1.text(xi, total, f"{int(total):,}", ha="center", va="bottom", fontsize=7.5, color=INK)
-    ax1.set_xticks(x, [s.upper() for s in sites])
+    ax1.set_xticks(x, [s for s in sites])
     _style(ax1, "Images per hospital", None, "images")
     ax1.legend(frameon=False, fontsize=8.5)
     ax2.bar(x, np.nan_to_num(jsd), color=OKABE_ITO["orange"])
@@ -538,7 +538,7 @@ def data_sizes(data: dict[str, Any] | None, sites: Sequence[str]) -> bytes | Non
             fontsize=7.5,
             color=INK,
         )
-    ax2.set_xticks(x, [s.upper() for s in sites])
+    ax2.set_xticks(x, [s for s in sites])
     _style(ax2, "Label skew vs pooled", None, "Jensen-Shannon divergence")
     return to_png(fig)
 
@@ -551,7 +551,7 @@ def prevalence_heatmap(data: dict[str, Any] | None, sites: Sequence[str]) -> byt
     rows, matrix = [], []
     for s in order_sites(sites):
         if s in data["sites"]:
-            rows.append(s.upper())
+            rows.append(s)
             prev = data["sites"][s].get("prevalence") or {}
             matrix.append([prev.get(lab, np.nan) for lab in labels])
     for name, title in (("pooled", "POOLED TRAIN"), ("global_test", "GLOBAL TEST")):
@@ -667,7 +667,7 @@ def _draw_topology(ax, network: dict[str, Any], method: str | None, sites: Seque
         ax.text(
             x,
             y,
-            n.upper() if not server else n[:6],
+            n if not server else n[:6],
             ha="center",
             va="center",
             fontsize=7.5 if not server else 6.5,
@@ -749,7 +749,7 @@ def edge_traffic(network: dict[str, Any] | None, methods: Sequence[str]) -> byte
     axes = np.atleast_1d(fig.subplots(len(drawn), 1, squeeze=False)).ravel()
     for ax, method in zip(axes, drawn):
         edges = stats[method]["edges"]
-        names = [f"{e['a'].upper()}\u2013{e['b'].upper()}" for e in edges]
+        names = [f"{e['a']}\u2013{e['b']}" for e in edges]
         mb = [_edge_total(e, "bytes") / 1e6 for e in edges]
         inactive = [e.get("active_at_end") is False for e in edges]
         bars = ax.bar(range(len(edges)), mb, color=colours[method])
@@ -827,7 +827,7 @@ def site_labels(ev: Evaluation, site: str, testset: str) -> bytes | None:
     where = "shared global test set" if testset == GLOBAL else "own test patients"
     _style(
         ax,
-        f"{site.upper()}: AUROC per finding with 95% CI ({where})",
+        f"{site}: AUROC per finding with 95% CI ({where})",
         "AUROC (0.5 = chance, 1 = perfect)",
         None,
     )
@@ -880,7 +880,7 @@ def site_curves(ev: Evaluation, site: str) -> bytes | None:
                     label=f"{method_name(REFERENCE)}, final",
                 )
         where = "shared global test set" if testset == GLOBAL else "own test patients"
-        _style(ax, f"{site.upper()} ({where})", xlabel, "macro AUROC")
+        _style(ax, f"{site} ({where})", xlabel, "macro AUROC")
         ax.legend(frameon=False, fontsize=8.5)
     return to_png(fig)
 
@@ -902,12 +902,12 @@ def site_prevalence(data: dict[str, Any] | None, site: str) -> bytes | None:
         own,
         width,
         color=OKABE_ITO["vermillion"],
-        label=site.upper(),
+        label=site,
     )
     if pooled_prev:
         pooled = np.array([100 * pooled_prev.get(lab, np.nan) for lab in labels], dtype=float)
         ax.bar(x + width / 2, pooled, width, color=OKABE_ITO["blue"], label="pooled (all sites)")
     ax.set_xticks(x, [lab.replace("_", " ") for lab in labels], rotation=35, ha="right")
-    _style(ax, f"How common each finding is at {site.upper()}", None, "% of images")
+    _style(ax, f"How common each finding is at {site}", None, "% of images")
     ax.legend(frameon=False, fontsize=8.5)
     return to_png(fig)

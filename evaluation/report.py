@@ -178,10 +178,10 @@ def _headline_rows(ev: Evaluation) -> list[dict[str, Any]]:
                 ),
                 "worst": cell(
                     NA if worst is None else f"{fmt_auroc(s['worst_site_macro_auroc'])}",
-                    "" if worst is None else f"lowest hospital: {worst.upper()}",
+                    "" if worst is None else f"lowest hospital: {worst}",
                     "na" if worst is None else "",
                 ),
-                "worst_site": "" if worst is None else worst.upper(),
+                "worst_site": "" if worst is None else worst,
                 "local": cell(
                     fmt_auroc(s["mean_site_local_macro_auroc"]),
                     "mean over hospitals of the macro AUROC on its own test patients",
@@ -229,7 +229,7 @@ def _per_site_table(ev: Evaluation) -> dict[str, Any]:
             cells.append(macro_cell(per.get(ev.headline_testset(site))))
             if local_testset(site) in per and ev.headline_testset(site) != local_testset(site):
                 cells.append(macro_cell(per.get(local_testset(site))))
-        rows.append({"site": site.upper(), "cells": cells})
+        rows.append({"site": site, "cells": cells})
     has_local = any(local_testset(s) in ev.run.testsets for s in ev.sites) and (
         GLOBAL in ev.run.testsets
     )
@@ -260,7 +260,7 @@ def _label_table(
             cells.append(auroc_cell(m.loc[(site, testset, label)]) if found else cell(NA, "", "na"))
         rows.append({"label": label.replace("_", " "), "cells": cells})
     where = "each hospital's own test patients" if local else _testset_words(ev)
-    return {"where": where, "sites": [s.upper() for s in sites], "rows": rows}
+    return {"where": where, "sites": [s for s in sites], "rows": rows}
 
 
 def _label_tables(ev: Evaluation, sites: Sequence[str]) -> list[dict[str, Any]]:
@@ -311,7 +311,7 @@ def _data_rows(ev: Evaluation, sites: Sequence[str]) -> list[dict[str, Any]]:
         views = d.get("views") or {}
         rows.append(
             {
-                "site": site.upper(),
+                "site": site,
                 "description": redact_text(d.get("description", "")),
                 "loader": redact_text(d.get("loader", "")),
                 "train": fmt_int(d.get("train_images")),
@@ -340,7 +340,7 @@ def _network_tables(ev: Evaluation, sites: Sequence[str] | None) -> list[dict[st
             active = e.get("active_at_end")
             rows.append(
                 {
-                    "link": f"{redact_text(a).upper()}\u2013{redact_text(b).upper()}",
+                    "link": f"{redact_text(a)}\u2013{redact_text(b)}",
                     "msg_ab": fmt_int(msgs.get(f"{a}->{b}", 0)),
                     "msg_ba": fmt_int(msgs.get(f"{b}->{a}", 0)),
                     "bytes": fmt_bytes(float(sum(sent.values()))),
@@ -358,10 +358,8 @@ def _network_tables(ev: Evaluation, sites: Sequence[str] | None) -> list[dict[st
                 {
                     "method": plots.method_name(method),
                     "rows": rows,
-                    "dead": ", ".join(redact_text(x).upper() for x in s.get("dead_sites") or []),
-                    "isolated": ", ".join(
-                        redact_text(x).upper() for x in s.get("isolated_sites") or []
-                    ),
+                    "dead": ", ".join(redact_text(x) for x in s.get("dead_sites") or []),
+                    "isolated": ", ".join(redact_text(x) for x in s.get("isolated_sites") or []),
                 }
             )
     return out
@@ -376,7 +374,7 @@ def _run_info(ev: Evaluation) -> dict[str, Any]:
         "rows": [
             ("Seed", str(ev.run.seed)),
             ("Mode", redact_text(ev.run.mode)),
-            ("Hospitals", ", ".join(s.upper() for s in plots.order_sites(ev.run.sites))),
+            ("Hospitals", ", ".join(s for s in plots.order_sites(ev.run.sites))),
             ("Methods", ", ".join(plots.order_methods(ev.methods))),
             ("Started", fmt_started(info.get("started"))),
             ("Device", redact_text(info.get("device", "not recorded"))),
@@ -434,7 +432,7 @@ def network_context(ev: Evaluation) -> dict[str, Any]:
     return _common(ev, "Federated chest X-ray evaluation") | {
         "view": "network",
         "n_sites": len(sites),
-        "sites_upper": [s.upper() for s in sites],
+        "sites_upper": list(sites),
         "key_sentence": _key_sentence(ev),
         "headline": _headline_rows(ev),
         "per_site": _per_site_table(ev),
@@ -541,15 +539,15 @@ def site_context(ev: Evaluation, site: str) -> dict[str, Any]:
         _figure(
             plots.site_labels(ev, site, t),
             f"AUROC per finding ({t})",
-            f"Dots: AUROC of each method's model of {site.upper()}; whiskers: {int(CI_LEVEL * 100)}% "
+            f"Dots: AUROC of each method's model of {site}; whiskers: {int(CI_LEVEL * 100)}% "
             f"confidence interval (bootstrap over patients); hollow diamonds: pooled model. "
             f"\u2020 fewer than {MIN_POSITIVES} positive cases; n/a: undefined.",
         )
         for t in ev.run.testsets_for(site)
     ]
-    return _common(ev, f"Hospital {site.upper()}: model evaluation") | {
+    return _common(ev, f"Hospital {site}: model evaluation") | {
         "view": "site",
-        "site": site.upper(),
+        "site": site,
         "headline": _site_headline(ev, site),
         "fig_site_curves": _figure(plots.site_curves(ev, site), "curves", ""),
         "fig_site_labels": [f for f in label_figs if f],

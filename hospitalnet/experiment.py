@@ -32,6 +32,7 @@ from hospitalnet.rundir import RunDir, atomic_write_bytes, key, write_arrays, wr
 from hospitalnet.seeding import int_seed, torch_generator
 from hospitalnet.simulation import SimulationResult, run_network, run_pooled
 from hospitalnet.training.objective import ChestXrayObjective, predict_proba
+from hospitalnet.training.schedule import lr_schedule
 from hospitalnet.world import ensure_world
 
 log = logging.getLogger(__name__)
@@ -132,9 +133,15 @@ def train_method(
                 "epochs": float(k) * images_per_step / n_train,
             }
         )
+        shared = None
+        if method == POOLED:  # one model scored at every site: predict once
+            shared = predict_proba(flat, params[POOLED], world.global_test.images)
         for site in sites:
-            w = params[POOLED] if method == POOLED else params[site]
-            p = predict_proba(flat, w, world.global_test.images)
+            p = (
+                shared
+                if shared is not None
+                else predict_proba(flat, params[site], world.global_test.images)
+            )
             preds[key("curve", point, site, GLOBAL)] = p.numpy().astype(np.float16)
 
     bar = tqdm(total=total_steps, desc=f"train {method}", unit="step", disable=not progress)
@@ -143,6 +150,7 @@ def train_method(
         # ``done`` counts local steps summed over sites; show it as steps of the whole network.
         bar.update(round(done * total_steps / max(total, 1)) - bar.n)
 
+    schedule = lr_schedule(cfg.training, steps)
     t0 = time.perf_counter()
     seed = cfg.seed
     if method == POOLED:
@@ -163,6 +171,7 @@ def train_method(
             eval_every=every,
             eval_fn=on_eval,
             progress=on_progress,
+            lr_schedule=schedule,
         )
         finals = {site: result.params[POOLED] for site in sites}
     else:
@@ -190,15 +199,18 @@ def train_method(
             eval_every=every,
             eval_fn=on_eval,
             progress=on_progress,
+            lr_schedule=schedule,
         )
         finals = result.params
     bar.update(total_steps - bar.n)
     bar.close()
     wall = time.perf_counter() - t0
+    on_global: dict[int, np.ndarray] = {}  # pooled: one model shared by every site
     for site in sites:
-        preds[key("final", site, GLOBAL)] = predict_proba(
-            flat, finals[site], world.global_test.images
-        ).numpy()
+        w = finals[site]
+        if id(w) not in on_global:
+            on_global[id(w)] = predict_proba(flat, w, world.global_test.images).numpy()
+        preds[key("final", site, GLOBAL)] = on_global[id(w)]
         preds[key("final", site, f"local_{site}")] = predict_proba(
             flat, finals[site], world.local_test[site].images
         ).numpy()
@@ -317,7 +329,12 @@ def run_experiment(
     world = load_world(cfg, root, progress=progress)
     sites = list(world.train)
 
-    model = build_model(cfg.model, int_seed(cfg.seed, "model", "init"))
+    want_cuda = cfg.training.device == "cuda" or (
+        cfg.training.device == "auto" and torch.cuda.is_available()
+    )
+    device = torch.device("cuda" if want_cuda else "cpu")
+    # Site images stay on the host as uint8; each minibatch moves to the device when drawn.
+    model = build_model(cfg.model, int_seed(cfg.seed, "model", "init")).to(device)
     flat = FlatParams(model, cfg.model.name)
     w0 = flat.flat.detach().clone()
 
@@ -362,7 +379,7 @@ def run_experiment(
             "sites": sites,
             "started": started,
             "command": command,
-            "device": "cpu",
+            "device": device.type,
             "wall_seconds": {"total": time.perf_counter() - t_start, "per_method": walls},
             "images_per_second": throughput,
             "versions": {

@@ -94,7 +94,7 @@ def test_markdown_has_the_same_tables(rendered):
 def test_site_report_is_restricted_to_the_hospital(rendered):
     html = _html(rendered.site)
     assert _assert_self_contained(html) >= 3
-    assert "Hospital N3" in html
+    assert "Hospital n3" in html
     metrics = pd.read_csv(rendered.site.metrics_csv)
     assert set(metrics["site"]) == {"n3"}
     assert set(metrics["testset"]) == {"global", "local_n3"}
@@ -102,11 +102,11 @@ def test_site_report_is_restricted_to_the_hospital(rendered):
     assert summary["sites"] == ["n3"]
     assert "local_n5" not in rendered.site.summary_json.read_text()
     # its links only, and its own test set's per-finding table with intervals
-    assert "N2\u2013N3" in html and "N5\u2013N6" not in html
+    assert "n2\u2013n3" in html and "n5\u2013n6" not in html
     assert "AUROC per finding (own test patients)" in html
     assert rendered.site.html.name == "report_n3.html"
     md = rendered.site.markdown.read_text()
-    assert md.startswith("# Hospital N3")
+    assert md.startswith("# Hospital n3")
 
 
 def test_deployment_run_gets_the_hospital_view(tmp_path):
@@ -115,7 +115,7 @@ def test_deployment_run_gets_the_hospital_view(tmp_path):
     html = _html(paths)
     _assert_self_contained(html)
     assert paths.html.name == "report.html"
-    assert "Hospital N3" in html and "not part of this run" in html
+    assert "Hospital n3" in html and "not part of this run" in html
 
 
 def test_minimal_run_without_descriptive_files(tmp_path):
