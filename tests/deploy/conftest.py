@@ -116,3 +116,8 @@ def macro_auroc(labels: np.ndarray, probs: np.ndarray) -> float:
         if 0 < y.sum() < len(y):
             values.append(roc_auc_score(y, probs[known, k]))
     return float(np.mean(values))
+
+
+def last_checkpoint(node_dir: Path) -> int:
+    """Index of the newest checkpoint written (older ones are pruned: keep = 3)."""
+    return max((int(p.stem.removeprefix("ckpt-")) for p in checkpoints(node_dir)), default=0)
