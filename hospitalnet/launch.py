@@ -211,8 +211,9 @@ def wait_nodes(procs: dict[str, subprocess.Popen], timeout_s: float) -> dict[str
 def node_timeout(cfg: ExperimentConfig) -> float:
     """How long the parent waits for the children of one method."""
     d = cfg.deploy
-    training = cfg.training.local_steps * max(d.step_interval_s, 0.5)
-    return min(d.max_wall_s, d.startup_wait_s + training + d.linger_max_s + 120.0)
+    training = cfg.training.local_steps * max(d.step_interval_s, 2.0)  # generous: 2 s a step
+    # the children stop themselves at max_wall_s; the parent waits a little longer than that
+    return min(d.max_wall_s + 60.0, d.startup_wait_s + training + d.linger_max_s + 120.0)
 
 
 def collect_method(layout: NetworkLayout, method: str, n_train: int, batch: int) -> MethodRun:
