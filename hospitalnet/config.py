@@ -143,6 +143,46 @@ class NetworkConfig(Section):
     )
 
 
+class DeployConfig(Section):
+    """One hospital per process (``hospitalnet site run``, ``simulate --processes``): real time.
+
+    The simulation's step-based rules (``network.*``) carry over where they are counted in steps
+    (K, the staleness bound S, the non-finite limit); what a real network measures in seconds is
+    set here.
+    """
+
+    inactive_after_s: float = Field(
+        10.0, gt=0, description="D in seconds: an edge with no message for longer goes inactive"
+    )
+    heartbeat_interval_s: float = Field(1.0, gt=0, description="heartbeat an idle edge this often")
+    call_timeout_s: float = Field(10.0, gt=0, description="deadline of one message delivery")
+    startup_wait_s: float = Field(
+        30.0, ge=0, description="before step 1, wait at most this long for every neighbour"
+    )
+    linger_max_s: float = Field(
+        60.0,
+        ge=0,
+        description="after its last step a site keeps exchanging until its neighbours are done "
+        "or inactive, at most this long",
+    )
+    linger_grace_s: float = Field(
+        2.0, ge=0, description="and at least this long, so that neighbours hear its last duals"
+    )
+    checkpoint_every: int = Field(
+        50, ge=0, description="checkpoint every this many local steps (0 = only at the end/SIGTERM)"
+    )
+    checkpoints_kept: int = Field(3, ge=1, description="newest checkpoints kept on disk")
+    step_interval_s: float = Field(
+        0.0,
+        ge=0,
+        description="minimum seconds per local step (0 = as fast as the site computes; tests "
+        "slow sites down so that faults land mid-training)",
+    )
+    max_wall_s: float = Field(
+        3600.0, gt=0, description="a site stops (checkpoint, outputs, exit) after this long"
+    )
+
+
 class ExperimentConfig(Section):
     seed: int = 0
     methods: list[str] = Field(
@@ -157,6 +197,7 @@ class ExperimentConfig(Section):
     fedprox: FedProxConfig = FedProxConfig()
     topology: TopologyConfig = TopologyConfig()
     network: NetworkConfig = NetworkConfig()
+    deploy: DeployConfig = DeployConfig()
 
 
 def format_validation_error(source: str, err: ValidationError) -> str:

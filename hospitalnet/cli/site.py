@@ -1,16 +1,87 @@
-"""`hospitalnet site`: not built yet."""
+"""`hospitalnet site run MANIFEST`: run one hospital node against its local images.
+
+    hospitalnet site run sites/n3.yaml [--config FILE] [--out DIR] [--resume] [--pki DIR]
+                         [--listen HOST:PORT] [--network FILE] [--method ecl]
+
+The node trains with the configured method (ECL by default) and exchanges with its neighbours
+over gRPC with mutual TLS. Neighbour addresses come from ``--network FILE`` when given (see
+``hospitalnet.plan``), else from the manifest's ``network`` section; certificates from ``--pki``
+(``ca.pem``, ``SITE.pem``, ``SITE.key``) or the manifest. SIGTERM (or Ctrl-C) writes a final
+checkpoint and exits 0; ``--resume`` continues from the newest good checkpoint in ``--out``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import shlex
+import signal
+import sys
+import threading
+from pathlib import Path
 
-from hospitalnet.errors import HospitalnetError
+from hospitalnet.config import load_config
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("site", help="(not built yet)")
-    p.set_defaults(func=run)
+    p = sub.add_parser("site", help="run one hospital node (gRPC with mutual TLS)")
+    actions = p.add_subparsers(dest="site_command", metavar="ACTION", required=True)
+    r = actions.add_parser("run", help="train this hospital with its neighbours")
+    r.add_argument("manifest", type=Path, help="the site manifest, e.g. sites/n3.yaml")
+    r.add_argument("--config", type=Path, default=None, help="experiment YAML (default: defaults)")
+    r.add_argument("--out", type=Path, default=None, help="run directory (default: runs/site-ID)")
+    r.add_argument("--resume", action="store_true", help="continue from the last good checkpoint")
+    r.add_argument("--pki", type=Path, default=None, help="folder with ca.pem, SITE.pem, SITE.key")
+    r.add_argument("--listen", default=None, help="HOST:PORT to listen on (default: manifest)")
+    r.add_argument("--network", type=Path, default=None, help="network plan file (YAML/JSON)")
+    r.add_argument("--method", default="ecl", help="ecl (default), gossip or local")
+    r.add_argument(
+        "--global-test", type=Path, default=None, help="manifest of the shared evaluation set"
+    )
+    r.add_argument("--cache", type=Path, default=None, help="decoded-image cache folder")
+    r.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    r.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise HospitalnetError("'hospitalnet site' is not built yet")
+    import torch
+
+    from hospitalnet.data.manifest import load_manifest
+    from hospitalnet.node import SiteRunOptions, run_site
+    from hospitalnet.plan import load_plan
+
+    torch.set_num_threads(max(1, args.threads))
+    cfg = load_config(args.config)
+    manifest, _ = load_manifest(args.manifest)
+    out = args.out or Path("runs") / f"site-{manifest.site}"
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("%s: signal %d; checkpointing and stopping", manifest.site, signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    opts = SiteRunOptions(
+        manifest=args.manifest,
+        out=out,
+        method=args.method,
+        resume=args.resume,
+        plan=load_plan(args.network) if args.network else None,
+        pki_dir=args.pki,
+        listen=args.listen,
+        global_manifest=args.global_test,
+        cache_dir=args.cache,
+        command="hospitalnet " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    outcome = run_site(opts, cfg, stop)
+    print(
+        f"site {outcome.site}: {outcome.status} after {outcome.steps} steps "
+        f"({outcome.wall_seconds:.0f} s); run directory {out}"
+    )
+    if outcome.status == "failed":
+        print(f"site {outcome.site}: {outcome.detail}", file=sys.stderr)
+        return 3
+    return 0

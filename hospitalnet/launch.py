@@ -1,0 +1,445 @@
+"""`hospitalnet simulate --processes`: the eight hospitals as eight OS processes on 127.0.0.1.
+
+Each hospital is a ``hospitalnet site run`` child process (:mod:`hospitalnet.node`) with mutual
+TLS from a throw-away PKI made in the run directory, the network plan of the configured topology
+(:mod:`hospitalnet.plan`) and the same experiment config as the in-process simulation. The
+parent only starts the children, waits for them with a deadline (then SIGTERM, then SIGKILL, each
+child by its own pid) and gathers their run directories into one, in the layout the in-process
+run writes, so that both are compared by the same evaluation::
+
+    RUN_DIR/
+      config.yaml, run.json (mode "processes"), data.json, testsets.npz, network.json,
+      predictions/<method>.npz, history/<method>.json     (as in-process)
+      network_plan.json, pki/                               the network the children used
+      nodes/<method>/<site>/                                each child's own run directory
+      nodes/<method>/<site>.log                             each child's log
+
+Methods: the peer-to-peer ones (ecl and its variants, gossip, local) run as processes; pooled is
+the centralised reference and is trained in the parent, as in-process; fedavg / fedprox need a
+server node, which deployment does not run yet, so they are skipped with a warning. A site whose
+process did not finish is left out of the run's ``sites`` and listed in ``network.json`` under
+``dead_sites``; its edges show inactive.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import hospitalnet
+from hospitalnet import __version__, pki
+from hospitalnet.algorithms import make_algorithm
+from hospitalnet.config import ExperimentConfig, dump_config
+from hospitalnet.experiment import GLOBAL, POOLED, World, _data_summary, load_world, train_method
+from hospitalnet.models import build_model
+from hospitalnet.models.flat import FlatParams
+from hospitalnet.node import node_status
+from hospitalnet.plan import NetworkPlan, write_plan
+from hospitalnet.rundir import (
+    RunDir,
+    atomic_write_bytes,
+    key,
+    read_arrays,
+    write_arrays,
+    write_json,
+)
+from hospitalnet.rundir import read_json as read_json_file
+from hospitalnet.seeding import int_seed
+from hospitalnet.topology import build_topology
+from hospitalnet.world import ensure_world
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 15.0  # after SIGTERM a child has this long to checkpoint before SIGKILL
+
+
+@dataclass(frozen=True)
+class NetworkLayout:
+    """What the child processes of one process network share on disk."""
+
+    root: Path  # the run directory
+    sites: tuple[str, ...]
+    manifests: dict[str, Path]
+    config_path: Path
+    plan_path: Path
+    pki_dir: Path
+    global_manifest: Path
+    cache_dir: Path
+    plan: NetworkPlan
+
+    def node_dir(self, method: str, site: str) -> Path:
+        return self.root / "nodes" / method / site
+
+
+@dataclass
+class MethodRun:
+    method: str
+    finished: list[str]
+    dead: list[str]
+    returncodes: dict[str, int | None]
+    wall: float
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)
+    history: dict = field(default_factory=dict)
+    network: dict = field(default_factory=dict)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prepare_network(
+    cfg: ExperimentConfig, out: Path, *, progress: bool = False
+) -> tuple[NetworkLayout, World]:
+    """World (made once, cached), decoded tensors (cached for the children), PKI, plan, config."""
+    out.mkdir(parents=True, exist_ok=True)
+    root = ensure_world(cfg, progress=progress)
+    world = load_world(cfg, root, progress=progress)  # fills the cache the children read
+    sites = tuple(world.train)
+    pki_dir = out / "pki"
+    if not (pki_dir / pki.CA_CERT).is_file():
+        pki.create_ca(pki_dir)
+        for site in sites:
+            pki.issue_site_certificate(site, pki_dir, hosts=["127.0.0.1", "localhost"])
+    topo = build_topology(cfg.topology, sites, cfg.seed)
+    plan = NetworkPlan(
+        sites=sites,
+        edges=topo.edges,
+        addresses={s: f"127.0.0.1:{free_port()}" for s in sites},
+        train_samples={s: len(world.train[s]) for s in sites},
+    )
+    plan_path = out / "network_plan.json"
+    write_plan(plan_path, plan)
+    config_path = out / "config.yaml"
+    atomic_write_bytes(config_path, dump_config(cfg).encode())
+    layout = NetworkLayout(
+        root=out,
+        sites=sites,
+        manifests={s: root / "sites" / s / f"{s}.yaml" for s in sites},
+        config_path=config_path,
+        plan_path=plan_path,
+        pki_dir=pki_dir,
+        global_manifest=root / "sites" / GLOBAL / f"{GLOBAL}.yaml",
+        cache_dir=root / "cache",
+        plan=plan,
+    )
+    return layout, world
+
+
+def start_node(
+    layout: NetworkLayout, site: str, method: str, *, resume: bool = False
+) -> subprocess.Popen:
+    """Start ``hospitalnet site run`` for ``site`` as a child process (log next to its folder)."""
+    node_dir = layout.node_dir(method, site)
+    node_dir.parent.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "hospitalnet",
+        "site",
+        "run",
+        str(layout.manifests[site]),
+        "--config",
+        str(layout.config_path),
+        "--out",
+        str(node_dir),
+        "--pki",
+        str(layout.pki_dir),
+        "--network",
+        str(layout.plan_path),
+        "--method",
+        method,
+        "--global-test",
+        str(layout.global_manifest),
+        "--cache",
+        str(layout.cache_dir),
+        "--threads",
+        "1",
+    ]
+    if resume:
+        argv.append("--resume")
+    env = dict(os.environ)
+    package_parent = str(Path(hospitalnet.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    env["OMP_NUM_THREADS"] = "1"
+    with open(node_dir.parent / f"{site}.log", "ab") as log_file:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env
+        )
+
+
+def stop_node(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> int | None:
+    """SIGTERM one child by its pid, wait ``grace_s``, then SIGKILL; return its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    return proc.returncode
+
+
+def wait_nodes(procs: dict[str, subprocess.Popen], timeout_s: float) -> dict[str, int | None]:
+    """Wait for every child until ``timeout_s``; stragglers are stopped by pid (see stop_node)."""
+    deadline = time.monotonic() + timeout_s
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for site, proc in procs.items():
+        if proc.poll() is None:
+            log.warning("site %s still running at the deadline; stopping it", site)
+            stop_node(proc)
+    return {site: proc.returncode for site, proc in procs.items()}
+
+
+def node_timeout(cfg: ExperimentConfig) -> float:
+    """How long the parent waits for the children of one method."""
+    d = cfg.deploy
+    training = cfg.training.local_steps * max(d.step_interval_s, 2.0)  # generous: 2 s a step
+    # the children stop themselves at max_wall_s; the parent waits a little longer than that
+    return min(d.max_wall_s + 60.0, d.startup_wait_s + training + d.linger_max_s + 120.0)
+
+
+def collect_method(layout: NetworkLayout, method: str, n_train: int, batch: int) -> MethodRun:
+    """Gather the children's run directories of ``method`` into one method's outputs."""
+    finished, dead = [], []
+    preds: dict[str, np.ndarray] = {}
+    losses, events = [], []
+    edges: dict[tuple[str, str], dict] = {}
+    isolated = []
+    eval_points: list[dict] = []
+    for site in layout.sites:
+        node_dir = layout.node_dir(method, site)
+        status = node_status(node_dir)
+        if status is None or status.get("status") != "finished":
+            dead.append(site)
+            continue
+        finished.append(site)
+        run = RunDir(node_dir)
+        preds.update(read_arrays(run.predictions(method)))
+        history = read_json_file(run.history(method))
+        losses += history.get("loss", [])
+        events += history.get("events", [])
+        if not eval_points:
+            eval_points = history.get("eval_points", [])
+        if status.get("isolated"):
+            isolated.append(site)
+        network = read_json_file(run.network_json)
+        for e in network["methods"][method]["edges"]:
+            pair = (e["a"], e["b"])
+            m = edges.setdefault(
+                pair,
+                {
+                    "a": e["a"],
+                    "b": e["b"],
+                    "messages": {},
+                    "bytes": {},
+                    "dropped": 0,
+                    "stale": 0,
+                    "duplicates": 0,
+                    "rejected": 0,
+                    "inactive_events": 0,
+                    "active_at_end": True,
+                },
+            )
+            m["messages"].update(e["messages"])
+            m["bytes"].update(e["bytes"])
+            for counter in ("dropped", "stale", "duplicates", "rejected", "inactive_events"):
+                m[counter] += int(e[counter])
+            m["active_at_end"] = m["active_at_end"] and bool(e["active_at_end"])
+    for m in edges.values():
+        if m["a"] in dead or m["b"] in dead:
+            m["active_at_end"] = False
+    parallel = len(layout.sites)
+    for p in eval_points:
+        p["epochs"] = float(p["local_steps"]) * batch * parallel / max(n_train, 1)
+    events.sort(key=lambda e: (e["time"], e["site"], e["kind"]))
+    return MethodRun(
+        method=method,
+        finished=finished,
+        dead=dead,
+        returncodes={},
+        wall=0.0,
+        predictions=preds,
+        history={"eval_points": eval_points, "loss": losses, "events": events},
+        network={
+            "edges": list(edges.values()),
+            "isolated_sites": isolated,
+            "dead_sites": dead,
+        },
+    )
+
+
+def run_method_processes(
+    layout: NetworkLayout, cfg: ExperimentConfig, method: str, n_train: int
+) -> MethodRun:
+    """One method: start every site, wait for all (with a deadline), gather."""
+    t0 = time.perf_counter()
+    procs = {site: start_node(layout, site, method) for site in layout.sites}
+    try:
+        codes = wait_nodes(procs, node_timeout(cfg))
+    finally:
+        for proc in procs.values():  # never leave a child behind (e.g. on Ctrl-C)
+            if proc.poll() is None:
+                stop_node(proc)
+    result = collect_method(layout, method, n_train, cfg.training.batch_size)
+    result.returncodes = codes
+    result.wall = time.perf_counter() - t0
+    for site, rc in codes.items():
+        if rc != 0:
+            log.warning("site %s exited with code %s (log: %s.log)", site, rc, site)
+    return result
+
+
+def write_network_run(
+    layout: NetworkLayout,
+    cfg: ExperimentConfig,
+    world: World,
+    results: dict[str, MethodRun],
+    *,
+    started: str,
+    command: str,
+    total_wall: float,
+    pooled_wall: float | None = None,
+) -> RunDir:
+    """The merged run directory (layout of ``hospitalnet.rundir``)."""
+    run = RunDir(layout.root)
+    sites = list(layout.sites)
+    testsets = {
+        key(GLOBAL, "labels"): world.global_test.labels.numpy(),
+        key(GLOBAL, "patients"): world.global_test.patients.numpy(),
+    }
+    for site in sites:
+        testsets[key(f"local_{site}", "labels")] = world.local_test[site].labels.numpy()
+        testsets[key(f"local_{site}", "patients")] = world.local_test[site].patients.numpy()
+    write_arrays(run.testsets, testsets)
+    write_json(run.data_json, _data_summary(world))
+    network: dict = {
+        "topology": {
+            "kind": cfg.topology.kind,
+            "nodes": sites,
+            "edges": [list(e) for e in layout.plan.edges],
+        },
+        "methods": {},
+    }
+    walls, throughput = {}, {}
+    dead: set[str] = set()
+    for method, res in results.items():
+        write_arrays(run.predictions(method), res.predictions)
+        write_json(run.history(method), res.history)
+        walls[method] = res.wall
+        if method != POOLED:
+            network["methods"][method] = res.network
+            dead.update(res.dead)
+        steps = cfg.training.local_steps * len(res.finished)
+        throughput[method] = steps * cfg.training.batch_size / max(res.wall, 1e-9)
+    write_json(run.network_json, network)
+    alive = [s for s in sites if s not in dead]
+    write_json(
+        run.run_json,
+        {
+            "seed": cfg.seed,
+            "mode": "processes",
+            "methods": list(results),
+            "sites": alive,
+            "dead_sites": sorted(dead),
+            "started": started,
+            "command": command,
+            "device": "cpu",
+            "wall_seconds": {"total": total_wall, "per_method": walls},
+            "images_per_second": throughput,
+            "versions": {
+                "hospitalnet": __version__,
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "numpy": np.__version__,
+                "platform": f"{platform.system()} {platform.machine()}",
+                "torch_threads": 1,
+            },
+            "argv": sys.argv[1:],
+        },
+    )
+    return run
+
+
+def run_processes(
+    cfg: ExperimentConfig, out: Path, *, progress: bool = True, command: str = ""
+) -> RunDir:
+    """Train the configured methods with one OS process per site; write the merged run."""
+    t_start = time.perf_counter()
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    layout, world = prepare_network(cfg, out, progress=progress)
+    n_train = sum(len(t) for t in world.train.values())
+    results: dict[str, MethodRun] = {}
+    for method in cfg.methods:
+        if method == POOLED:
+            continue
+        if make_algorithm(method, cfg.ecl, cfg.fedprox).uses_server:
+            log.warning(
+                "%s needs a server node, which deployment does not run yet; skipped", method
+            )
+            continue
+        log.info("%s: starting %d site processes", method, len(layout.sites))
+        results[method] = run_method_processes(layout, cfg, method, n_train)
+        log.info(
+            "%s: %.1f s, finished %s, dead %s",
+            method,
+            results[method].wall,
+            results[method].finished,
+            results[method].dead,
+        )
+    if POOLED in cfg.methods:
+        # the centralised reference is not a hospital: trained here, exactly as in-process
+        model = build_model(cfg.model, int_seed(cfg.seed, "model", "init"))
+        flat = FlatParams(model, cfg.model.name)
+        w0 = flat.flat.detach().clone()
+        _, stored, wall = train_method(POOLED, cfg, world, flat, w0, progress=progress)
+        results[POOLED] = MethodRun(
+            POOLED,
+            list(layout.sites),
+            [],
+            {},
+            wall,
+            stored["predictions"],
+            stored["history"],
+        )
+    return write_network_run(
+        layout,
+        cfg,
+        world,
+        results,
+        started=started,
+        command=command,
+        total_wall=time.perf_counter() - t_start,
+    )
+
+
+__all__ = [
+    "MethodRun",
+    "NetworkLayout",
+    "collect_method",
+    "free_port",
+    "prepare_network",
+    "run_method_processes",
+    "run_processes",
+    "start_node",
+    "stop_node",
+    "wait_nodes",
+    "write_network_run",
+]

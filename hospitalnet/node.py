@@ -1,0 +1,741 @@
+"""One hospital as its own process: the simulation's site loop over gRPC with mutual TLS.
+
+``hospitalnet site run sites/n3.yaml`` calls :func:`run_site`. What runs is exactly what the
+simulation runs: :class:`~hospitalnet.site.SiteNode` driving the same algorithm transitions with
+the same context (edge signs, weights, coupling), schedule offsets and w0. Only two things differ:
+the transport (:class:`~hospitalnet.transport.grpc.GrpcTransport` instead of the simulated
+network) and the clock (``time.monotonic`` seconds instead of virtual steps, so the inactivity
+deadline D is ``deploy.inactive_after_s``).
+
+Around the loop:
+
+- **Start.** Data from the manifest's loader; the plan (:mod:`hospitalnet.plan`) gives the site
+  order, edges and addresses; before step 1 the site waits (at most ``deploy.startup_wait_s``)
+  until every neighbour has answered once.
+- **Checkpoints** every ``deploy.checkpoint_every`` steps, at the end and on SIGTERM
+  (:mod:`hospitalnet.checkpoint`): the algorithm state (model, duals), the minibatch sampler, the
+  loop counters, the per-edge sequence numbers and receive marks. ``--resume`` continues from the
+  newest good one. Sequence numbers restart above ``incarnation << 40`` after every resume, so the
+  neighbours' replay rule (a ``seq`` not newer than the last one taken is a duplicate) never eats
+  the messages of a restarted site.
+- **The end.** After its last step an ECL site keeps exchanging (model unchanged, as in the
+  simulation's linger) until each neighbour has reached the last step too or gone inactive, for
+  at least ``linger_grace_s`` and at most ``linger_max_s``.
+- **Outputs.** The site's own run directory (:mod:`hospitalnet.rundir` layout): its test sets,
+  predictions, history (losses, events, liveness), its edges' counters in ``network.json``, and
+  ``node.json`` (how the site ended). ``hospitalnet report OUT --site n3`` renders its page.
+
+Every wait has a deadline; nothing is unpickled; logs name sites, never patients or image paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import platform
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hospitalnet import __version__
+from hospitalnet.algorithms import make_algorithm, make_context, site_weights
+from hospitalnet.checkpoint import (
+    load_latest,
+    save_checkpoint,
+)
+from hospitalnet.config import ExperimentConfig, dump_config
+from hospitalnet.data.dataset import load_site
+from hospitalnet.data.manifest import load_manifest
+from hospitalnet.errors import ConfigError, DataError
+from hospitalnet.experiment import GLOBAL, Split
+from hospitalnet.labels import LABELS
+from hospitalnet.messages import Message
+from hospitalnet.models import build_model
+from hospitalnet.models.flat import FlatParams
+from hospitalnet.pki import credentials_from_identity, site_credentials
+from hospitalnet.plan import NetworkPlan, plan_from_manifest
+from hospitalnet.rundir import (
+    RunDir,
+    atomic_write_bytes,
+    key,
+    read_arrays,
+    write_arrays,
+    write_json,
+)
+from hospitalnet.seeding import int_seed, torch_generator
+from hospitalnet.site import Event, ExchangeSchedule, SiteFailure, SiteNode, SiteRules, TickResult
+from hospitalnet.topology import isolated
+from hospitalnet.training.objective import ChestXrayObjective, predict_proba
+from hospitalnet.transport.base import EdgeStats, Transport
+from hospitalnet.transport.grpc import GrpcTransport, TransportLimits
+
+log = logging.getLogger(__name__)
+
+SEQ_EPOCH_BITS = 40  # a restarted site's sequence numbers start above incarnation << 40
+_CACHES = ("coupling", "received")  # algorithm-state fields recomputed from the rest
+_IDLE_SLEEP_S = 0.005
+
+
+class _NoNetwork(Transport):
+    """The transport of a site without neighbours (method ``local``)."""
+
+    def __init__(self, site: str) -> None:
+        self.site = site
+
+    def send(self, message: Message) -> None:
+        raise ValueError(f"{self.site} has no neighbours to send to")
+
+    def poll(self) -> list[Message]:
+        return []
+
+    def stats(self) -> dict[tuple[str, str], EdgeStats]:
+        return {}
+
+
+@dataclass(frozen=True)
+class SiteRunOptions:
+    """What ``hospitalnet site run`` was asked to do.
+
+    Attributes
+    ----------
+    manifest:
+        The site manifest (data source, identity, neighbours).
+    out:
+        This site's run directory (checkpoints under ``out/checkpoints``).
+    method:
+        ``ecl`` (default), ``gossip`` or ``local``; server methods need a server node (not built).
+    plan:
+        The network plan; None = the manifest's own (see :mod:`hospitalnet.plan`).
+    pki_dir:
+        Folder with ``ca.pem``, ``SITE.pem``, ``SITE.key``; None = the manifest's ``network``.
+    listen:
+        ``host:port`` to listen on; None = the plan's / manifest's address for this site.
+    global_manifest:
+        Manifest of the shared evaluation set; None = ``../global/global.yaml`` next to the
+        manifest's folder when it exists (the synthetic world's layout).
+    cache_dir:
+        Decoded-tensor cache; None = no cache.
+    """
+
+    manifest: Path
+    out: Path
+    method: str = "ecl"
+    resume: bool = False
+    plan: NetworkPlan | None = None
+    pki_dir: Path | None = None
+    listen: str | None = None
+    global_manifest: Path | None = None
+    cache_dir: Path | None = None
+    command: str = "hospitalnet site run"
+
+
+@dataclass
+class SiteOutcome:
+    site: str
+    status: str  # finished | stopped | failed
+    steps: int
+    resumed_from: int | None
+    wall_seconds: float
+    detail: str = ""
+
+
+# ---- algorithm state <-> checkpoint ------------------------------------------------------------
+
+
+def state_to_checkpoint(state: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A dataclass algorithm state as safetensors tensors plus JSON (caches left out)."""
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {}
+    for f in dataclasses.fields(state):
+        value = getattr(state, f.name)
+        if f.name in _CACHES or value is None:
+            continue
+        if isinstance(value, torch.Tensor):
+            tensors[f"state.{f.name}"] = value
+        elif (
+            isinstance(value, dict)
+            and value
+            and all(isinstance(v, torch.Tensor) for v in value.values())
+        ):
+            for k, v in value.items():
+                tensors[f"state.{f.name}.{k}"] = v
+        else:
+            meta[f.name] = value
+    return tensors, meta
+
+
+def restore_state(state: Any, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Any:
+    """Overwrite a freshly initialised state with a checkpoint's values (in place)."""
+    for f in dataclasses.fields(state):
+        value = getattr(state, f.name)
+        if f.name in _CACHES:
+            setattr(state, f.name, None)
+        elif isinstance(value, torch.Tensor):
+            value.copy_(tensors[f"state.{f.name}"])
+        elif (
+            isinstance(value, dict)
+            and value
+            and all(isinstance(v, torch.Tensor) for v in value.values())
+        ):
+            for k, v in value.items():
+                v.copy_(tensors[f"state.{f.name}.{k}"])
+        elif f.name in meta:
+            setattr(state, f.name, type(value)(meta[f.name]) if value is not None else meta[f.name])
+    if hasattr(state, "dirty"):
+        state.dirty = True  # caches are re-summed exactly before the next step
+    if hasattr(state, "updates"):
+        state.updates = 0
+    return state
+
+
+# ---- the site run ------------------------------------------------------------------------------
+
+
+class _SiteRun:
+    """Everything one site run holds (internal; :func:`run_site` is the entry point)."""
+
+    def __init__(self, opts: SiteRunOptions, cfg: ExperimentConfig) -> None:
+        self.opts, self.cfg = opts, cfg
+        self.t0 = time.monotonic()
+        self.wall0 = time.time()  # the transport reports wall-clock times
+        self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.run = RunDir(opts.out)
+        self.ckpt_dir = self.run.root / "checkpoints"
+        manifest, _ = load_manifest(opts.manifest)
+        self.manifest = manifest
+        self.site = manifest.site
+        # ---- data ----
+        tensors = load_site(opts.manifest, cfg.data.image_size, opts.cache_dir, progress=False)
+        self.train, self.local_test = Split.of(tensors, "train"), Split.of(tensors, "test")
+        if len(self.train) == 0:
+            raise DataError(f"site {self.site}: no training images; it cannot take part")
+        gm = opts.global_manifest
+        if gm is None:
+            guess = opts.manifest.resolve().parent.parent / GLOBAL / f"{GLOBAL}.yaml"
+            gm = guess if guess.is_file() else None
+        self.global_test = (
+            Split.of(load_site(gm, cfg.data.image_size, opts.cache_dir, progress=False), "test")
+            if gm is not None
+            else None
+        )
+        # ---- model and algorithm: as in experiment.run_experiment / simulation.run_network ----
+        model = build_model(cfg.model, int_seed(cfg.seed, "model", "init"))
+        self.flat = FlatParams(model, cfg.model.name)
+        w0 = self.flat.flat.detach().clone()
+        self.algorithm = make_algorithm(opts.method, cfg.ecl, cfg.fedprox)
+        if self.algorithm.uses_server:
+            raise ConfigError(
+                f"method {opts.method!r} needs a central server node, which deployment does not "
+                "run yet; use ecl, gossip or local"
+            )
+        plan = opts.plan or plan_from_manifest(manifest)
+        if self.site not in plan.sites:
+            raise ConfigError(f"network plan: site {self.site!r} is not in it")
+        topo = plan.topology()
+        neighbours = topo.neighbours(self.site) if self.algorithm.communicates else ()
+        known = all(s in plan.train_samples for s in topo.nodes)
+        samples = dict(plan.train_samples) if known else {s: 1 for s in topo.nodes}
+        samples[self.site] = len(self.train)
+        weighting = self.algorithm.site_weighting if known else "uniform"
+        if not known and self.algorithm.site_weighting == "samples" and neighbours:
+            log.warning(
+                "%s: the network plan has no training-set sizes; loss weights are 1 "
+                "(give --network FILE for the sample weighting)",
+                self.site,
+            )
+        # as in simulation.run_network: a method that never sends has no edges
+        graph = topo if neighbours else isolated(topo.nodes)
+        ctx = make_context(
+            graph,
+            self.site,
+            w0=w0,
+            num_samples=samples,
+            weights=site_weights(graph, samples, weighting),
+            lr=cfg.training.lr,
+            weight_decay=cfg.training.weight_decay,
+            exchange_every=cfg.network.exchange_every,
+        )
+        schedule = ExchangeSchedule.for_site(
+            self.site,
+            ctx.neighbours,
+            cfg.network.exchange_every,
+            cfg.seed,
+            staggered=self.algorithm.staggered and cfg.network.stagger_exchanges,
+        )
+        rules = SiteRules(
+            staleness_bound=cfg.network.staleness_bound,
+            inactive_after=cfg.deploy.inactive_after_s,
+            max_nonfinite_steps=cfg.network.max_nonfinite_steps,
+        )
+        self.objective = ChestXrayObjective(
+            self.flat,
+            self.train.images,
+            self.train.labels,
+            cfg.training.batch_size,
+            torch_generator(cfg.seed, "batches", self.site),
+        )
+        # ---- transport ----
+        self.transport: Transport
+        if neighbours:
+            creds = (
+                site_credentials(opts.pki_dir, self.site)
+                if opts.pki_dir is not None
+                else credentials_from_identity(manifest.network, self.site, opts.manifest.parent)
+            )
+            missing = [j for j in neighbours if j not in plan.addresses]
+            if missing:
+                raise ConfigError(f"network plan: no address for neighbour {missing[0]!r}")
+            listen = opts.listen or plan.addresses.get(self.site) or manifest.network.address
+            d = cfg.deploy
+            limits = TransportLimits(
+                heartbeat_interval_s=d.heartbeat_interval_s,
+                heartbeat_timeout_s=min(d.call_timeout_s, 2 * d.heartbeat_interval_s),
+                retry_interval_s=min(1.0, d.heartbeat_interval_s),
+                suspect_after_s=min(3 * d.heartbeat_interval_s, d.inactive_after_s),
+                inactive_after_s=d.inactive_after_s,
+                call_timeout_s=d.call_timeout_s,
+                reconnect_backoff_max_s=min(2.0, d.heartbeat_interval_s),
+            )
+            self.transport = GrpcTransport(
+                self.site,
+                listen,
+                {j: plan.addresses[j] for j in neighbours},
+                creds,
+                self.flat.fingerprint(),
+                self.flat.numel,
+                limits,
+            )
+        else:
+            self.transport = _NoNetwork(self.site)
+        self.node = SiteNode(
+            ctx,
+            self.algorithm,
+            self.objective,
+            self.transport,
+            schedule,
+            rules,
+            self._clock,
+            steps=cfg.training.local_steps,
+            linger=cfg.network.linger,
+        )
+        self.plan = plan
+        self.incarnation = 0
+        self.resumed_from: int | None = None
+        self.preds: dict[str, np.ndarray] = {}
+        self.eval_points: list[dict] = []
+        self.extra_events: list[Event] = []
+        self.step_seconds: list[float] = []
+
+    def _clock(self) -> float:
+        return time.monotonic() - self.t0
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def save(self) -> Path:
+        node, sampler = self.node, self.objective.sampler
+        tensors, state_meta = state_to_checkpoint(node.state)
+        tensors["sampler.generator"] = sampler.generator.get_state()
+        tensors["sampler.order"] = sampler._order
+        meta = {
+            "site": self.site,
+            "method": self.opts.method,
+            "seed": self.cfg.seed,
+            "incarnation": self.incarnation,
+            "step": node.step,
+            "serving_ticks": node.serving_ticks,
+            "lr": node.lr,
+            "nonfinite_steps": node.nonfinite_steps,
+            "seq": dict(node._seq),
+            "peers": {
+                j: {
+                    "last_seq": p.last_seq,
+                    "own_step_then": p.own_step_then,
+                    "msg_step_then": p.msg_step_then,
+                    "active": p.active,
+                }
+                for j, p in node.book.peers.items()
+            },
+            "state": state_meta,
+            "sampler_pos": sampler._pos,
+            "losses": node.losses,
+            "eval_points": self.eval_points,
+        }
+        return save_checkpoint(
+            self.ckpt_dir,
+            tensors,
+            meta,
+            model_fingerprint=self.flat.fingerprint(),
+            keep=self.cfg.deploy.checkpoints_kept,
+        )
+
+    def resume(self) -> None:
+        ckpt = load_latest(self.ckpt_dir, self.flat.fingerprint())
+        if ckpt is None:
+            log.info("%s: no checkpoint to resume from; starting fresh", self.site)
+            return
+        meta = ckpt.meta
+        if meta.get("site") != self.site or meta.get("method") != self.opts.method:
+            raise ConfigError(
+                f"{ckpt.path}: written by site {meta.get('site')!r} / method "
+                f"{meta.get('method')!r}, not {self.site!r} / {self.opts.method!r}"
+            )
+        node, sampler = self.node, self.objective.sampler
+        restore_state(node.state, ckpt.tensors, meta["state"])
+        sampler.generator.set_state(ckpt.tensors["sampler.generator"].clone())
+        sampler._order = ckpt.tensors["sampler.order"].clone()
+        sampler._pos = int(meta["sampler_pos"])
+        node.step = int(meta["step"])
+        node.serving_ticks = int(meta["serving_ticks"])
+        node.lr = float(meta["lr"])
+        node.nonfinite_steps = int(meta["nonfinite_steps"])
+        node.losses = [float(x) for x in meta["losses"]]
+        self.incarnation = int(meta["incarnation"]) + 1
+        base = self.incarnation << SEQ_EPOCH_BITS
+        node._seq = {j: max(int(meta["seq"].get(j, 0)), base) for j in node._seq}
+        now = self._clock()
+        for j, p in node.book.peers.items():
+            saved = meta["peers"].get(j)
+            if saved is None:
+                continue
+            p.last_seq = int(saved["last_seq"])
+            p.own_step_then = int(saved["own_step_then"])
+            p.msg_step_then = int(saved["msg_step_then"])
+            p.last_heard = now  # silence is measured from this start
+            if not saved["active"]:
+                p.active = False
+                node.state = node.algorithm.set_edge_active(node.state, j, False)
+        self.eval_points = list(meta.get("eval_points", []))
+        old = self.run.predictions(self.opts.method)
+        if old.exists():
+            self.preds = {k: v for k, v in read_arrays(old).items() if k.startswith("curve")}
+        self.resumed_from = ckpt.index
+        self.extra_events.append(
+            Event(now, self.site, "resumed", detail=f"checkpoint {ckpt.index} step {node.step}")
+        )
+        log.info("%s: resumed from checkpoint %d at step %d", self.site, ckpt.index, node.step)
+
+    # ---- evaluation -------------------------------------------------------------------------
+    def _eval_steps(self) -> list[int]:
+        steps, points = self.cfg.training.local_steps, self.cfg.training.eval_points
+        return [math.ceil(steps * (p + 1) / points) for p in range(points)]
+
+    def maybe_evaluate(self) -> None:
+        targets = self._eval_steps()
+        k = len(self.eval_points)
+        if k >= len(targets) or self.node.step < targets[k]:
+            return
+        testset = GLOBAL if self.global_test is not None else f"local_{self.site}"
+        images = (self.global_test or self.local_test).images
+        p = predict_proba(self.flat, self.node.params, images)
+        self.preds[key("curve", k, self.site, testset)] = p.numpy().astype(np.float16)
+        step = self.node.step
+        self.eval_points.append(
+            {
+                "k": k,
+                "local_steps": step,
+                "virtual_time": float(step),
+                "epochs": step * self.cfg.training.batch_size / len(self.train),
+            }
+        )
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def wait_for_neighbours(self, stop: threading.Event) -> None:
+        if not isinstance(self.transport, GrpcTransport):
+            return
+        deadline = time.monotonic() + self.cfg.deploy.startup_wait_s
+        while time.monotonic() < deadline and not stop.is_set():
+            states = self.transport.neighbour_states()
+            if all(s.last_ok is not None for s in states.values()):
+                log.info("%s: all %d neighbours answered; starting", self.site, len(states))
+                break
+            stop.wait(0.1)
+        else:
+            log.warning("%s: starting without every neighbour (startup wait over)", self.site)
+        now = self._clock()
+        for p in self.node.book.peers.values():
+            p.last_heard = now  # silence is measured from the start of training
+
+    def _neighbours_done(self) -> bool:
+        steps = self.cfg.training.local_steps
+        return all(
+            (not p.active) or p.msg_step_then >= steps for p in self.node.book.peers.values()
+        )
+
+    def loop(self, stop: threading.Event) -> str:
+        d, node = self.cfg.deploy, self.node
+        deadline = time.monotonic() + d.max_wall_s
+        lingering_since: float | None = None
+        last_ckpt_step = node.step
+        while True:
+            if stop.is_set():
+                return "stopped"
+            if time.monotonic() > deadline:
+                log.warning("%s: deploy.max_wall_s reached; stopping", self.site)
+                return "stopped"
+            t = time.monotonic()
+            result = node.tick()
+            if result is TickResult.STEPPED:
+                self.step_seconds.append(time.monotonic() - t)
+                self.maybe_evaluate()
+                if d.checkpoint_every and node.step - last_ckpt_step >= d.checkpoint_every:
+                    self.save()
+                    last_ckpt_step = node.step
+                if d.step_interval_s:
+                    stop.wait(max(0.0, d.step_interval_s - (time.monotonic() - t)))
+                continue
+            if node.steps is not None and node.step >= node.steps:
+                now = time.monotonic()
+                if lingering_since is None:
+                    lingering_since = now
+                    self.maybe_evaluate()
+                if not (node.linger and node.algorithm.lingers) or not node.neighbours:
+                    return "finished"
+                waited = now - lingering_since
+                if (waited >= d.linger_grace_s and self._neighbours_done()) or (
+                    waited >= d.linger_max_s
+                ):
+                    return "finished"
+                # serving ticks at the pace of training steps (as the simulation's clock does)
+                pace = max(d.step_interval_s, float(np.mean(self.step_seconds[-50:] or [0.01])))
+                stop.wait(max(pace, 0.002))
+                continue
+            stop.wait(_IDLE_SLEEP_S)  # IDLE or ROLLED_BACK: nothing to do right now
+
+    # ---- outputs ----------------------------------------------------------------------------
+    def write_outputs(self, status: str, detail: str, wall: float) -> None:
+        method, site, run = self.opts.method, self.site, self.run
+        final = self.node.finalize()
+        testsets: dict[str, np.ndarray] = {}
+        sets = {f"local_{site}": self.local_test}
+        if self.global_test is not None:
+            sets = {GLOBAL: self.global_test, **sets}
+        for name, split in sets.items():
+            testsets[key(name, "labels")] = split.labels.numpy()
+            testsets[key(name, "patients")] = split.patients.numpy()
+            self.preds[key("final", site, name)] = predict_proba(
+                self.flat, final, split.images
+            ).numpy()
+        atomic_write_bytes(run.config, dump_config(self.cfg).encode())
+        write_arrays(run.testsets, testsets)
+        write_arrays(run.predictions(method), self.preds)
+        losses = self.node.losses
+        events = sorted(
+            [*self.node.events, *self.extra_events], key=lambda e: (e.time, e.kind, e.peer or "")
+        )
+        if isinstance(self.transport, GrpcTransport):
+            for t, nbr, old, new in self.transport.neighbour_events():
+                events.append(
+                    Event(t - self.wall0, site, f"transport_{new}", nbr, detail=f"was {old}")
+                )
+        steps_run = max(len(self.step_seconds), 1)
+        write_json(
+            run.history(method),
+            {
+                "eval_points": self.eval_points,
+                "loss": [
+                    {"site": site, "local_step": i, "loss": float(np.mean(losses[i : i + 10]))}
+                    for i in range(0, len(losses), 10)
+                ],
+                "events": [
+                    {
+                        "time": e.time,
+                        "site": e.site,
+                        "kind": e.kind,
+                        "peer": e.peer,
+                        "detail": e.detail,
+                    }
+                    for e in events
+                ],
+                "images_per_second": steps_run
+                * self.cfg.training.batch_size
+                / max(sum(self.step_seconds), 1e-9),
+            },
+        )
+        write_json(run.network_json, self._network())
+        write_json(run.data_json, self._data())
+        write_json(
+            run.run_json,
+            {
+                "seed": self.cfg.seed,
+                "mode": "deployment",
+                "methods": [method],
+                "sites": [site],
+                "started": self.started,
+                "command": self.opts.command,
+                "device": "cpu",
+                "wall_seconds": {"total": wall, "per_method": {method: wall}},
+                "images_per_second": {
+                    method: steps_run
+                    * self.cfg.training.batch_size
+                    / max(sum(self.step_seconds), 1e-9)
+                },
+                "versions": {
+                    "hospitalnet": __version__,
+                    "python": platform.python_version(),
+                    "torch": torch.__version__,
+                    "numpy": np.__version__,
+                    "platform": f"{platform.system()} {platform.machine()}",
+                    "torch_threads": torch.get_num_threads(),
+                },
+            },
+        )
+        write_json(
+            run.root / "node.json",
+            {
+                "site": site,
+                "method": method,
+                "status": status,
+                "detail": detail,
+                "steps": self.node.step,
+                "serving_ticks": self.node.serving_ticks,
+                "resumed_from_checkpoint": self.resumed_from,
+                "incarnation": self.incarnation,
+                "isolated": self.node.isolated,
+                "nonfinite_steps": self.node.nonfinite_steps,
+                "active_neighbours": self.node.active_neighbours(),
+                "neighbours": list(self.node.neighbours),
+                "wall_seconds": wall,
+            },
+        )
+
+    def _network(self) -> dict:
+        """This site's view of its edges: what it sent, and what it did with what it received."""
+        site = self.site
+        sent = self.transport.stats()
+        received = self.node.book.stats()
+        edges = []
+        for j in self.node.neighbours:
+            out = sent.get((site, j), EdgeStats())
+            inn = sent.get((j, site), EdgeStats())
+            book = received.get((j, site), EdgeStats())
+            peer = self.node.book.peers[j]
+            rejected = {**inn.rejected}
+            for reason, n in book.rejected.items():
+                rejected[reason] = rejected.get(reason, 0) + n
+            a, b = sorted((site, j), key=self.plan.sites.index)
+            edges.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "messages": {f"{site}->{j}": out.messages_sent},
+                    "bytes": {f"{site}->{j}": out.bytes_sent},
+                    "received_messages": {f"{j}->{site}": inn.messages_delivered},
+                    "received_bytes": {f"{j}->{site}": getattr(inn, "bytes_received", 0)},
+                    "dropped": out.dropped,
+                    "stale": book.stale,
+                    "duplicates": book.duplicates + inn.duplicates,
+                    "rejected": sum(rejected.values()),
+                    "rejected_reasons": rejected,
+                    "failures": dict(getattr(out, "failures", {})),
+                    "inactive_events": sum(
+                        1 for e in self.node.events if e.kind == "edge_inactive" and e.peer == j
+                    ),
+                    "active_at_end": peer.active,
+                }
+            )
+        nodes = [s for s in self.plan.sites if s == site or s in self.node.neighbours]
+        return {
+            "topology": {
+                "kind": self.cfg.topology.kind,
+                "nodes": nodes,
+                "edges": [[e["a"], e["b"]] for e in edges],
+            },
+            "methods": {
+                self.opts.method: {
+                    "edges": edges,
+                    "isolated_sites": [site] if self.node.isolated else [],
+                    "dead_sites": [],
+                    "inactive_neighbours": [
+                        j for j, p in self.node.book.peers.items() if not p.active
+                    ],
+                }
+            },
+        }
+
+    def _data(self) -> dict:
+        def prevalence(split: Split) -> dict[str, float]:
+            lab = split.labels.numpy()
+            with np.errstate(invalid="ignore"):
+                values = np.nanmean(lab, axis=0) if len(lab) else np.zeros(len(LABELS))
+            return {n: float(v) if np.isfinite(v) else 0.0 for n, v in zip(LABELS, values)}
+
+        info = {
+            "description": self.manifest.description,
+            "loader": self.manifest.data.loader,
+            "patients": int(
+                np.unique(
+                    np.concatenate([self.train.patients.numpy(), self.local_test.patients.numpy()])
+                ).size
+            ),
+            "train_images": len(self.train),
+            "test_images": len(self.local_test),
+            "prevalence": prevalence(self.train),
+        }
+        data: dict[str, Any] = {"labels": list(LABELS), "sites": {self.site: info}}
+        if self.global_test is not None:
+            data["global_test"] = {
+                "images": len(self.global_test),
+                "patients": int(np.unique(self.global_test.patients.numpy()).size),
+                "prevalence": prevalence(self.global_test),
+            }
+        return data
+
+
+def run_site(
+    opts: SiteRunOptions, cfg: ExperimentConfig, stop: threading.Event | None = None
+) -> SiteOutcome:
+    """Run one hospital until its steps are done (and its neighbours too), ``stop`` is set
+    (SIGTERM) or ``deploy.max_wall_s`` passes; checkpoint and write its run directory."""
+    stop = stop or threading.Event()
+    if not opts.resume and (opts.out / "checkpoints").is_dir():
+        if any((opts.out / "checkpoints").glob("ckpt-*.json")):
+            raise ConfigError(
+                f"{opts.out}: holds checkpoints of an earlier run; use --resume or another --out"
+            )
+    t0 = time.monotonic()
+    run = _SiteRun(opts, cfg)
+    status, detail = "finished", ""
+    try:
+        if opts.resume:
+            run.resume()
+        run.wait_for_neighbours(stop)
+        try:
+            status = run.loop(stop)
+        except SiteFailure as err:
+            status, detail = "failed", str(err)
+            log.error("%s", err)
+        if status != "failed":
+            run.save()
+        run.write_outputs(status, detail, time.monotonic() - t0)
+    finally:
+        run.transport.close()
+    log.info("%s: %s after %d steps", run.site, status, run.node.step)
+    return SiteOutcome(
+        run.site, status, run.node.step, run.resumed_from, time.monotonic() - t0, detail
+    )
+
+
+def node_status(out: str | Path) -> dict[str, Any] | None:
+    """``node.json`` of a site run directory, or None when the site never finished writing it."""
+    path = Path(out) / "node.json"
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+__all__ = [
+    "SiteOutcome",
+    "SiteRunOptions",
+    "node_status",
+    "restore_state",
+    "run_site",
+    "state_to_checkpoint",
+]

@@ -1,0 +1,124 @@
+"""The network plan file and the algorithm state <-> checkpoint mapping (no network)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hospitalnet.algorithms import make_algorithm, make_context, site_weights
+from hospitalnet.checkpoint import load_latest, save_checkpoint
+from hospitalnet.config import ECLConfig
+from hospitalnet.data.manifest import SiteManifest
+from hospitalnet.errors import ConfigError
+from hospitalnet.messages import Message, MessageKind
+from hospitalnet.node import restore_state, state_to_checkpoint
+from hospitalnet.plan import load_plan, plan_from_manifest, write_plan
+from hospitalnet.topology import from_edges
+
+
+def test_plan_file_round_trip_keeps_site_order_edges_addresses_and_sizes(tmp_path):
+    path = tmp_path / "network.yaml"
+    path.write_text(
+        "sites:\n"
+        "  b: {address: 127.0.0.1:1, train_samples: 10}\n"
+        "  a: {address: 127.0.0.1:2, train_samples: 30}\n"
+        "  c: {address: 127.0.0.1:3, train_samples: 20}\n"
+        "edges: [[a, b], [c, b]]\n"
+    )
+
+    plan = load_plan(path)
+    write_plan(tmp_path / "again.json", plan)
+    again = load_plan(tmp_path / "again.json")
+
+    assert plan.sites == ("b", "a", "c")  # file order, not sorted: it fixes the edge signs
+    assert plan.edges == (("b", "a"), ("b", "c"))
+    assert plan.topology().edge_sign("a", "b") == -1
+    assert plan.train_samples == {"b": 10, "a": 30, "c": 20}
+    assert again == plan
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("sites: {}\n", "sites"),
+        ("sites: {a: {address: x, port: 1}}\n", "sites.a.port: unknown key"),
+        ("sites: {a: {train_samples: -1}}\n", "train_samples"),
+        ("sites: {a: {}, b: {}}\nedges: [[a, z]]\n", "unknown site"),
+    ],
+)
+def test_bad_plan_files_are_one_line_errors_naming_the_key(tmp_path, text, needle):
+    path = tmp_path / "network.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=needle):
+        load_plan(path)
+
+
+def test_plan_from_a_manifest_is_the_site_and_its_own_edges():
+    manifest = SiteManifest.model_validate(
+        {
+            "site": "n3",
+            "data": {"loader": "nih", "root": "x"},
+            "network": {
+                "address": "127.0.0.1:50053",
+                "neighbours": {"n5": "127.0.0.1:50055", "n1": "127.0.0.1:50051"},
+            },
+        }
+    )
+    plan = plan_from_manifest(manifest)
+    assert plan.sites == ("n1", "n3", "n5")
+    assert set(plan.edges) == {("n1", "n3"), ("n3", "n5")}
+    assert plan.addresses["n3"] == "127.0.0.1:50053"
+    assert plan.train_samples == {}
+
+
+def _ecl_state(seed: int):
+    topo = from_edges(["a", "b", "c"], [("a", "b"), ("a", "c")])
+    algo = make_algorithm("ecl", ECLConfig(theta=0.8))
+    w0 = torch.randn(50, generator=torch.Generator().manual_seed(seed))
+    samples = {"a": 10, "b": 20, "c": 30}
+    ctx = make_context(
+        topo,
+        "a",
+        w0=w0,
+        num_samples=samples,
+        weights=site_weights(topo, samples, "samples"),
+        lr=0.05,
+        weight_decay=1e-4,
+        exchange_every=4,
+    )
+    return algo, algo.init(ctx)
+
+
+def _advance(algo, state, steps: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    for k in range(steps):
+        state = algo.local_step(state, 0.0, torch.randn(50, generator=g))
+        y = torch.randn(50, generator=g)
+        state = algo.receive(state, Message("b", "a", MessageKind.DUAL, k, k + 1, y))
+    return state
+
+
+def test_ecl_state_survives_a_checkpoint_and_continues_identically(tmp_path):
+    # prepare: a state after some steps, and its twin continued without interruption
+    algo, state = _ecl_state(0)
+    state = _advance(algo, state, 7, seed=1)
+    state = algo.set_edge_active(state, "c", False)
+    tensors, meta = state_to_checkpoint(state)
+    save_checkpoint(tmp_path, tensors, {"state": meta}, model_fingerprint="fp")
+    algo2, twin = _ecl_state(0)
+    twin = restore_state(twin, tensors, meta)
+    straight = _advance(algo, state, 5, seed=2)
+
+    # execute: restore a fresh state from the file, continue it the same way
+    ckpt = load_latest(tmp_path, "fp")
+    _, fresh = _ecl_state(0)
+    fresh = restore_state(fresh, ckpt.tensors, ckpt.meta["state"])
+    resumed = _advance(algo2, fresh, 5, seed=2)
+
+    # assert: same model, same duals, same edge states and counters
+    assert resumed.active == {"b": True, "c": False}
+    assert resumed.steps == straight.steps == 12
+    torch.testing.assert_close(resumed.w, straight.w, rtol=1e-6, atol=1e-6)
+    for j in ("b", "c"):
+        torch.testing.assert_close(resumed.z[j], straight.z[j], rtol=1e-6, atol=1e-6)
+    assert "state.coupling" not in tensors  # a cache, re-summed after the restore
