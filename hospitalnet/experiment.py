@@ -273,7 +273,7 @@ def _network_summary(result: SimulationResult) -> dict:
     }
 
 
-def _data_summary(world: World) -> dict:
+def data_summary(world: World) -> dict:
     part = world.partition
     sites = {}
     for site, s in part["sites"].items():
@@ -346,7 +346,7 @@ def run_experiment(
         testsets[key(f"local_{site}", "labels")] = world.local_test[site].labels.numpy()
         testsets[key(f"local_{site}", "patients")] = world.local_test[site].patients.numpy()
     write_arrays(run.testsets, testsets)
-    write_json(run.data_json, _data_summary(world))
+    write_json(run.data_json, data_summary(world))
 
     network: dict = {"topology": None, "methods": {}}
     walls: dict[str, float] = {}

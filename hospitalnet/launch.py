@@ -42,7 +42,7 @@ import hospitalnet
 from hospitalnet import __version__, pki
 from hospitalnet.algorithms import make_algorithm
 from hospitalnet.config import ExperimentConfig, dump_config
-from hospitalnet.experiment import GLOBAL, POOLED, World, _data_summary, load_world, train_method
+from hospitalnet.experiment import GLOBAL, POOLED, World, data_summary, load_world, train_method
 from hospitalnet.models import build_model
 from hospitalnet.models.flat import FlatParams
 from hospitalnet.node import node_status
@@ -329,7 +329,7 @@ def write_network_run(
         testsets[key(f"local_{site}", "labels")] = world.local_test[site].labels.numpy()
         testsets[key(f"local_{site}", "patients")] = world.local_test[site].patients.numpy()
     write_arrays(run.testsets, testsets)
-    write_json(run.data_json, _data_summary(world))
+    write_json(run.data_json, data_summary(world))
     network: dict = {
         "topology": {
             "kind": cfg.topology.kind,

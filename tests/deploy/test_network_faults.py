@@ -100,7 +100,7 @@ def test_killing_one_of_eight_sites_leaves_the_other_seven_finishing_as_well(
     assert all(not e["active_at_end"] and e["inactive_events"] >= 1 for e in n3_edges)
     assert all(e["active_at_end"] for e in network_json["edges"] if e not in n3_edges)
     html = render_report(run2.root, n_resamples=0).html.read_text()
-    assert "Dead sites" in html and "N3" in html
+    assert "Dead sites" in html and "n3" in html
     # ... and the seven models are as good as without the failure
     clean_auroc = _mean_auroc(RunDir(layout.root), others)
     fault_auroc = _mean_auroc(run2, others)
