@@ -105,10 +105,12 @@ def test_killing_one_of_eight_sites_leaves_the_other_seven_finishing_as_well(
     clean_auroc = _mean_auroc(RunDir(layout.root), others)
     fault_auroc = _mean_auroc(run2, others)
     print(f"mean macro AUROC of the 7: no fault {clean_auroc:.4f}, n3 killed {fault_auroc:.4f}")
-    # At this tiny size the models stay at chance level (in-process ECL: 0.50-0.52 after 200-600
-    # steps) and two real-time runs differ by timing alone, so 0.02 is not testable here (measured
-    # |difference| 0.077); this bound only catches a broken run. See RUN_A_NETWORK / the report.
-    assert abs(fault_auroc - clean_auroc) <= 0.15
+    # At this size the models learn (about 0.58; chance is 0.5). Measured |fault - clean| over
+    # three runs: 0.0008, 0.012, 0.013 (the target is 0.02), but two no-fault runs alone differ by
+    # up to 0.014 through real-time message timing, so the test allows 0.03 to stay deterministic
+    # in outcome on a loaded CI machine.
+    assert clean_auroc > 0.55
+    assert abs(fault_auroc - clean_auroc) <= 0.03
 
 
 @pytest.mark.slow
