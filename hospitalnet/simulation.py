@@ -88,7 +88,11 @@ class SimulationResult:
     virtual_time:
         Virtual time (nominal steps) when the last site finished.
     evaluations:
-        ``(k, eval_fn(k, params))`` at every evaluation point, k = virtual time in nominal steps.
+        ``(k, eval_fn(k, params))`` at every evaluation point, k = virtual time in nominal steps;
+        the last one is at the end of the run, on the final models.
+    evaluation_steps:
+        Mean local steps taken per site at each evaluation (virtual time runs ahead of the
+        steps when sites wait, e.g. for FedAvg's synchronous rounds).
     failed:
         Site -> error message of sites that stopped with :class:`~hospitalnet.site.SiteFailure`.
     isolated:
@@ -109,6 +113,7 @@ class SimulationResult:
     events: list[Event]
     virtual_time: float
     evaluations: list[tuple[int, Any]] = field(default_factory=list)
+    evaluation_steps: list[float] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     isolated: list[str] = field(default_factory=list)
     nonfinite_steps: dict[str, int] = field(default_factory=dict)
@@ -183,7 +188,8 @@ def run_network(
     w0:
         Common initial parameters; None = the first site's ``objective.init_params()``.
     eval_every, eval_fn:
-        Every ``eval_every`` virtual steps call ``eval_fn(k, {site: params})`` (copies).
+        Every ``eval_every`` virtual steps call ``eval_fn(k, {site: params})`` (copies), and
+        once more on the final models when the run ends after the last such point.
     progress:
         Called as ``progress(steps_done, steps_total)`` about 100 times per run.
     lr_schedule:
@@ -262,6 +268,12 @@ def run_network(
             sim.clock,
         )
     sim.run(steps, eval_every, eval_fn, progress)
+    finals = {s: n.finalize() for s, n in sim.nodes.items()}
+    if eval_fn is not None and eval_every and sim.last_eval_time < sim.end_time:
+        k = max(int(round(sim.end_time)), sim.evaluations[-1][0] + 1 if sim.evaluations else 0)
+        final_copies = {s: w.detach().clone() for s, w in finals.items()}
+        sim.evaluations.append((k, eval_fn(k, final_copies)))
+        sim.evaluation_steps.append(sim.mean_steps())
 
     stats = sim.net.stats()
     for node in [*sim.nodes.values(), *([sim.server] if sim.server else [])]:
@@ -277,13 +289,14 @@ def run_network(
     events.sort(key=lambda e: (e.time, e.site, e.kind))
     return SimulationResult(
         method=name,
-        params={s: n.finalize() for s, n in sim.nodes.items()},
+        params=finals,
         steps={s: n.step for s, n in sim.nodes.items()},
         losses={s: n.losses for s, n in sim.nodes.items()},
         edge_stats=dict(sorted(stats.items())),
         events=events,
         virtual_time=sim.end_time,
         evaluations=sim.evaluations,
+        evaluation_steps=sim.evaluation_steps,
         failed=sim.failed,
         isolated=[s for s, n in sim.nodes.items() if n.isolated],
         nonfinite_steps={s: n.nonfinite_steps for s, n in sim.nodes.items()},
@@ -338,6 +351,8 @@ class _Simulation:
         self.server: ServerNode | None = None
         self.events: list[Event] = []
         self.evaluations: list[tuple[int, Any]] = []
+        self.evaluation_steps: list[float] = []
+        self.last_eval_time = -math.inf
         self.failed: dict[str, str] = {}
         self.finish_time: dict[str, float] = {}
         self.end_time = 0.0
@@ -413,12 +428,18 @@ class _Simulation:
                 assert eval_fn is not None and eval_every
                 params = {s: n.params.detach().clone() for s, n in self.nodes.items()}
                 self.evaluations.append((int(round(t)), eval_fn(int(round(t)), params)))
+                self.evaluation_steps.append(self.mean_steps())
+                self.last_eval_time = t
                 self._push(t + float(eval_every), _EVAL, "")
             else:  # _FAULT: an outage starts
                 self._outage_starts(who, t)
         self.end_time = max(self.finish_time.values(), default=self.now)
         if progress is not None:
             progress(done_steps, total)
+
+    def mean_steps(self) -> float:
+        """Local steps taken so far, averaged over the sites."""
+        return sum(n.step for n in self.nodes.values()) / max(len(self.nodes), 1)
 
     def _tick_site(self, site: str, t: float) -> bool:
         outage = self.faults.down(site, t)

@@ -54,6 +54,12 @@ def test_simulate_quick_config_end_to_end(world_env, capsys):
     ecl_edges = network["methods"]["ecl"]["edges"]
     assert len(ecl_edges) == 16  # multiplex ring over 8 sites
     assert all(sum(e["bytes"].values()) > 0 for e in ecl_edges)
+    # learning curves: every method's last point is its final model, after all local steps
+    # (FedAvg's synchronous rounds stretch virtual time; the x axis must count steps)
+    for method in ["ecl", "gossip", "fedavg", "local", "pooled"]:
+        points = json.loads(run.history(method).read_text())["eval_points"]
+        assert points[-1]["local_steps"] == 24, method
+        assert [p["local_steps"] for p in points] == sorted(p["local_steps"] for p in points)
 
 
 def test_same_seed_same_predictions(world_env):

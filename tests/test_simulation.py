@@ -269,9 +269,22 @@ def test_eval_and_progress_callbacks():
     result = run(
         steps=300, eval_every=100, eval_fn=eval_fn, progress=lambda d, t: progress.append((d, t))
     )
-    assert seen == [100, 200, 300] and result.evaluations[0] == (100, 200)
+    assert seen[:3] == [100, 200, 300] and result.evaluations[0] == (100, 200)
+    # the run ends after virtual time 300 (per-step jitter): one more point on the final models
+    assert result.virtual_time > 300 and seen[3:] == [round(result.virtual_time)]
+    assert len(result.evaluation_steps) == len(seen)
+    assert result.evaluation_steps[-1] == 300  # every site done
+    assert all(abs(s - k) < 10 for s, k in zip(result.evaluation_steps[:3], seen, strict=False))
     assert progress[-1] == (2400, 2400)
     assert [d for d, _ in progress] == sorted(d for d, _ in progress)
+
+
+def test_fedavg_evaluations_count_local_steps_not_virtual_time():
+    # synchronous rounds wait for the slowest site: virtual time runs ahead of the local steps
+    result = run("fedavg", steps=200, eval_every=50, eval_fn=lambda k, p: None)
+    ks = [k for k, _ in result.evaluations]
+    assert ks[-1] > 200 and result.evaluation_steps[-1] == 200
+    assert all(s <= k for s, k in zip(result.evaluation_steps, ks, strict=True))
 
 
 def test_bad_inputs_are_one_line_config_errors():
