@@ -65,7 +65,7 @@ def _settings(cfg: ExperimentConfig) -> dict:
         "world": cfg.world.model_dump(exclude={"cache_dir", "root"}),
         "partition": cfg.partition.model_dump(),
         "seed": cfg.seed,
-        "version": 3,  # bump when the generator or the partition changes
+        "version": 4,  # bump when the generator or the partition changes
     }
 
 

@@ -162,8 +162,8 @@ def render_batch(
         (
             lung_cx + _col(rng.uniform(-0.12, 0.12, b)),
             _col(rng.uniform(-0.3, 0.25, b)),
-            _col(rng.uniform(0.018, 0.03, b)),
-            strength(0.08, 0.28),
+            _col(rng.uniform(0.03, 0.045, b)),  # 1-1.5 px at the 64 px training size
+            strength(0.12, 0.3),
         )
         for _ in range(2)
     ]
@@ -186,7 +186,7 @@ def render_batch(
     add("Mass", mass)
 
     ptx_side = rng.integers(0, 2, b)
-    shrink = strength(0.72, 0.9)
+    shrink = strength(0.68, 0.88)
 
     def pneumothorax(i, x, y):
         side_lung = np.where(_col(ptx_side[i] == 0), lungs[0][i], lungs[1][i])
@@ -194,7 +194,7 @@ def render_batch(
         inner = _ellipse_r(x, y, cx, 0.05, 0.25 * lw[i] * shrink[i], 0.5 * lh[i] * shrink[i])
         rim = side_lung * (1 - _soft_inside(inner, 0.02))
         line = np.exp(-((inner / 0.02) ** 2)) * side_lung
-        return -rim * (0.06 + 0.04 * np.clip(texture[i], -1, 1)) + 0.08 * line
+        return -rim * (0.08 + 0.04 * np.clip(texture[i], -1, 1)) + 0.08 * line
 
     add("Pneumothorax", pneumothorax)
 
@@ -206,13 +206,14 @@ def render_batch(
         ),
     )
 
-    # Coarse enough (20 cells across) that the reticulation survives the 64 px training size.
-    fib_s = strength(0.1, 0.22)
-    reticular_coarse = rng.standard_normal((b, 20, 20))
+    # Coarse enough (14 cells across, thick lines) that the reticulation survives the 64 px
+    # training size; finer versions were learned at chance there.
+    fib_s = strength(0.14, 0.28)
+    reticular_coarse = rng.standard_normal((b, 14, 14))
     add(
         "Fibrosis",
         lambda i, x, y: (
-            (np.abs(_upsample(reticular_coarse[i], size)) < 0.25)
+            (np.abs(_upsample(reticular_coarse[i], size)) < 0.35)
             * np.clip((np.abs(x) - 0.3 * lw[i]) / 0.3, 0, 1)
             * lung[i]
             * fib_s[i]
@@ -278,7 +279,7 @@ def render_batch(
         ),
     )
 
-    h_r, h_s = _col(rng.uniform(0.07, 0.11, b)), strength(0.8, 1.4)
+    h_r, h_s = _col(rng.uniform(0.09, 0.13, b)), strength(0.8, 1.4)
 
     def hernia(i, x, y):
         bubble = _soft_inside(np.sqrt((x - 0.05) ** 2 + (y - 0.33) ** 2) - h_r[i], 0.01)
