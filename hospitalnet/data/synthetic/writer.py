@@ -154,7 +154,7 @@ def write_contact_sheet(world: str | Path, out_png: str | Path, *, per_label: in
                     label.replace("_", " "), fontsize=8, rotation=0, ha="right", va="center"
                 )
     fig.suptitle("hospitalnet synthetic ChestX-ray14: examples per label", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (len(rows) * 1.6)))  # room for the title
     out_png = Path(out_png)
     fig.savefig(out_png, dpi=90)
     plt.close(fig)
