@@ -12,6 +12,7 @@ import platform
 import shlex
 import statistics
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,15 @@ def spread(values: Sequence[float | None]) -> dict[str, float | int | None]:
         "min": min(vals),
         "max": max(vals),
     }
+
+
+def output_path(out: str | None, name: str, *, smoke: bool) -> Path:
+    """Where a benchmark writes: ``--out``, else results/NAME, else (smoke runs) a temp folder."""
+    if out:
+        return Path(out)
+    if smoke:  # smoke runs never overwrite measured results
+        return Path(tempfile.mkdtemp(prefix="hospitalnet-bench-")) / name
+    return RESULTS / name
 
 
 def save(result: dict[str, Any], out: str | Path) -> Path:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -45,7 +44,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 
 import numpy as np  # noqa: E402
 
-from benchmarks._common import RESULTS, command, machine, save, spread  # noqa: E402
+from benchmarks._common import command, machine, output_path, save, spread  # noqa: E402
 from evaluation.metrics import macro_of_predictions  # noqa: E402
 from hospitalnet.algorithms import make_algorithm  # noqa: E402
 from hospitalnet.config import ExperimentConfig, load_config  # noqa: E402
@@ -347,14 +346,7 @@ def main() -> int:
         args.config = str(ROOT / "configs" / "quick.yaml")
         args.seeds = min(args.seeds, 2)
         args.skews, args.ks = "0,1", "2,4"
-    out = Path(
-        args.out
-        or (
-            Path(tempfile.mkdtemp(prefix="hospitalnet-bench-")) / "accuracy.json"
-            if args.smoke
-            else RESULTS / "accuracy.json"
-        )
-    )
+    out = output_path(args.out, "accuracy.json", smoke=args.smoke)
     plot = Path(args.plot) if args.plot else out.with_name("gap_to_pooled.png")
     base = load_config(args.config)
     if args.smoke:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import RESULTS, command, machine, save, spread  # noqa: E402
+from benchmarks._common import command, machine, output_path, save, spread  # noqa: E402
 from benchmarks.accuracy import Worlds, fmt, headline, run_one, with_overrides  # noqa: E402
 from hospitalnet.config import load_config  # noqa: E402
 from hospitalnet.experiment import POOLED  # noqa: E402
@@ -56,14 +55,7 @@ def main() -> int:
     if args.smoke:
         args.config = str(ROOT / "configs" / "quick.yaml")
         args.seeds = 1
-    out = Path(
-        args.out
-        or (
-            Path(tempfile.mkdtemp(prefix="hospitalnet-bench-")) / "communication.json"
-            if args.smoke
-            else RESULTS / "communication.json"
-        )
-    )
+    out = output_path(args.out, "communication.json", smoke=args.smoke)
     base = with_overrides(load_config(args.config), training={"eval_points": 1})
     if args.smoke:
         base = with_overrides(base, training={"local_steps": 12, "eval_points": 1})

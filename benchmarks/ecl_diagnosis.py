@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks._common import RESULTS, command, machine, save, spread  # noqa: E402
+from benchmarks._common import command, machine, output_path, save, spread  # noqa: E402
 from benchmarks.accuracy import Worlds, site_macros, with_overrides  # noqa: E402
 from evaluation.metrics import macro_of_predictions  # noqa: E402
 from hospitalnet.config import ExperimentConfig, load_config  # noqa: E402
@@ -135,14 +134,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.smoke:
         args.config, args.seeds, args.long_steps = str(ROOT / "configs" / "quick.yaml"), 1, 48
-    out = Path(
-        args.out
-        or (
-            Path(tempfile.mkdtemp(prefix="hospitalnet-bench-")) / "ecl_diagnosis.json"
-            if args.smoke
-            else RESULTS / "ecl_diagnosis.json"
-        )
-    )
+    out = output_path(args.out, "ecl_diagnosis.json", smoke=args.smoke)
     base = load_config(args.config)
     worlds = Worlds(progress=False)
     etas = [float(e) for e in args.etas.split(",") if e.strip()]

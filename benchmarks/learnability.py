@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +24,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 
 import numpy as np  # noqa: E402
 
-from benchmarks._common import RESULTS, command, machine, save, spread  # noqa: E402
+from benchmarks._common import command, machine, output_path, save, spread  # noqa: E402
 from benchmarks.accuracy import Worlds, with_overrides  # noqa: E402
 from evaluation.metrics import evaluate_testset  # noqa: E402
 from hospitalnet.config import load_config  # noqa: E402
@@ -52,14 +51,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.smoke:
         args.config, args.seeds, args.steps = str(ROOT / "configs" / "quick.yaml"), 1, "24"
-    out = Path(
-        args.out
-        or (
-            Path(tempfile.mkdtemp(prefix="hospitalnet-bench-")) / "learnability.json"
-            if args.smoke
-            else RESULTS / "learnability.json"
-        )
-    )
+    out = output_path(args.out, "learnability.json", smoke=args.smoke)
     base = load_config(args.config)
     worlds = Worlds(progress=False)
     runs = []

@@ -44,7 +44,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from benchmarks._common import RESULTS, command, machine, save, spread  # noqa: E402
+from benchmarks._common import command, machine, output_path, save, spread  # noqa: E402
 from hospitalnet.config import ExperimentConfig, load_config  # noqa: E402
 from hospitalnet.experiment import World, _pooled, load_world  # noqa: E402
 from hospitalnet.models import build_model  # noqa: E402
@@ -193,14 +193,7 @@ def main() -> int:
     if args.smoke:
         args.config = str(ROOT / "configs" / "quick.yaml")
         args.steps, args.repeats = min(args.steps, 4), 1
-    out = Path(
-        args.out
-        or (
-            Path(tempfile.mkdtemp(prefix="hospitalnet-bench-")) / "throughput.json"
-            if args.smoke
-            else RESULTS / "throughput.json"
-        )
-    )
+    out = output_path(args.out, "throughput.json", smoke=args.smoke)
     cfg = load_config(args.config)
     world = load_world(cfg, ensure_world(cfg, progress=False), progress=False)
     before = torch.get_num_threads()

@@ -2,8 +2,8 @@
 
 RELIABILITY.md checklist items covered here (the message-level ones are in tests/transport):
 - kill one of 8 site processes mid-training: the other 7 finish, report it dead and its edges
-  inactive, and their mean macro AUROC stays near the run without the kill (at this size the
-  models are at chance level, so only a loose bound is testable; see the test);
+  inactive, and their mean macro AUROC stays near the run without the kill (the bound and the
+  measured differences are in the test);
 - freeze a site (SIGSTOP) longer than the deadline, then resume: its neighbour marks it inactive,
   drops its held-back message as stale, and takes it back;
 - all neighbours of a site die: it trains on alone, says it is isolated, and does not busy-loop;
