@@ -16,7 +16,9 @@ Per run: the mean and worst site macro AUROC on the global test set; the macro A
 *averaged* site model (weights n_i), which separates "the sites disagree" from "the consensus
 point itself is behind"; the consensus distance (mean over sites of ||w_i - w_bar|| / ||w_bar||);
 the mean training loss of the last 10% of steps; the gap to the pooled model of the same seed
-and training length.
+and training length. Each seed is its own world too (the world's seed is the run's seed), so
+the spread covers data as well as initialisation and timing (benchmarks/accuracy.py keeps one
+world).
 
 Writes benchmarks/results/ecl_diagnosis.json. Run from the repository root:
 ``python benchmarks/ecl_diagnosis.py [--seeds 2] [--long-steps 2000]``;

@@ -3,7 +3,8 @@
 Trains the pooled model (the same code and settings ``hospitalnet simulate`` uses: configured
 model, image size, batch = batch_size x n_sites, local_steps) on the configured world for each
 seed and training length of ``--steps``, and scores it on the global test set: AUROC per label
-with a 95% patient-bootstrap interval, and the positives behind it. The synthetic world is meant
+with a 95% patient-bootstrap interval, and the positives behind it. Each seed is its own
+world (generated with that seed) as well as its own initialisation. The synthetic world is meant
 to give a spread like the real ChestX-ray14 (roughly 0.6-0.95 for a small model, no label at
 chance, none at 1.0).
 
