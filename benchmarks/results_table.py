@@ -1,9 +1,9 @@
-"""Print the README results table (Markdown) from benchmarks/results/*.json.
+"""Print the README's results tables (Markdown) from benchmarks/results/*.json.
 
-Reads the ``main`` summary of accuracy results (method, topology, mean site macro AUROC
-mean +- std over seeds, worst site, gap to pooled), and adds the compressed-ECL rows of
-communication results and the throughput ratio when present. Smoke runs (``"smoke": true``) are
-skipped. Every table row says which command and machine produced it.
+One table per benchmark, each followed by the command and the machine that produced it:
+accuracy (``main`` part: mean +- std over seeds), the sweeps of training length, label skew and
+K, the ECL diagnosis, communication, throughput and learnability. Smoke runs (``"smoke": true``)
+and missing files are skipped.
 
 ``python benchmarks/results_table.py [--results benchmarks/results]``
 """
@@ -20,92 +20,206 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def pm(stat: dict[str, Any] | None, signed: bool = False) -> str:
-    """``mean +- std`` of a spread record (``n/a`` when nothing was defined)."""
+    """``mean ± std`` of a spread record (``n/a`` when nothing was defined)."""
     if not stat or not stat.get("n"):
         return "n/a"
     sign = "+" if signed else ""
+    if stat["n"] == 1:
+        return f"{stat['mean']:{sign}.3f}"
     return f"{stat['mean']:{sign}.3f} ± {stat['std']:.3f}"
 
 
 def machine_text(m: dict[str, Any]) -> str:
     gpu = f", {m['cuda']}" if m.get("cuda") else ""
-    return f"{m.get('processor', '?')}, {m.get('cpu_count', '?')} cores, {m.get('torch_threads', '?')} threads{gpu}"
+    return (
+        f"{m.get('processor', '?')}, {m.get('cpu_count', '?')} cores, "
+        f"{m.get('torch_threads', '?')} torch thread(s){gpu}, torch {m.get('torch', '?')}"
+    )
 
 
-def accuracy_rows(result: dict[str, Any]) -> list[str]:
+def source(data: dict[str, Any]) -> str:
+    return f"`{data.get('command', '?')}` ({machine_text(data.get('machine', {}))})"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def accuracy_main(data: dict[str, Any]) -> str:
+    rows = [
+        [
+            e["method"],
+            e["topology"],
+            pm(e["mean_site_macro_auroc"]),
+            pm(e["worst_site_macro_auroc"]),
+            pm(e["gap_to_pooled"], signed=True),
+            str(e["mean_site_macro_auroc"]["n"]),
+        ]
+        for e in data["main"]["summary"]
+    ]
+    head = ["method", "topology", "mean site macro AUROC", "worst site", "gap to pooled", "seeds"]
+    return table(head, rows)
+
+
+def sweep(data: dict[str, Any], part: str, field: str) -> str:
+    """Gap to pooled per method (rows) and swept value (columns); pooled's own AUROC on top."""
+    summary = data[part]["summary"]
+    values = sorted({e[field] for e in summary})
+    methods = list(dict.fromkeys(e["method"] for e in summary))
     rows = []
-    cmd, mach = result.get("command", "?"), machine_text(result.get("machine", {}))
-    for e in result.get("main", {}).get("summary", []):
-        seeds = e["mean_site_macro_auroc"]["n"]
-        rows.append(
-            f"| {e['method']} | {e['topology']} | {pm(e['mean_site_macro_auroc'])} | "
-            f"{pm(e['worst_site_macro_auroc'])} | {pm(e['gap_to_pooled'], signed=True)} | "
-            f"{seeds} | `{cmd}` | {mach} |"
-        )
-    return rows
+    for method in methods:
+        cells = []
+        for v in values:
+            e = next((e for e in summary if e["method"] == method and e[field] == v), None)
+            if e is None:
+                cells.append("")
+            elif method == "pooled":
+                cells.append(pm(e["mean_site_macro_auroc"]))
+            elif e.get("errors"):
+                cells.append("cannot run")
+            else:
+                cells.append(pm(e["gap_to_pooled"], signed=True))
+        label = "pooled (its AUROC)" if method == "pooled" else f"{method} (gap)"
+        rows.append([label, *cells])
+    return table([field, *[f"{v:g}" for v in values]], rows)
 
 
-def communication_rows(result: dict[str, Any]) -> list[str]:
+def diagnosis(data: dict[str, Any]) -> str:
+    rows = [
+        [
+            e["variant"],
+            e["tests"],
+            pm(e["mean_site_macro_auroc"]),
+            pm(e["gap_to_pooled"], signed=True),
+            pm(e["averaged_model_macro_auroc"]),
+            pm(e["consensus_distance"]),
+            pm(e["final_train_loss"]),
+        ]
+        for e in data["summary"]
+    ]
+    head = [
+        "run",
+        "tests",
+        "mean site AUROC",
+        "gap to pooled",
+        "averaged model AUROC",
+        "consensus distance",
+        "train loss (last 10%)",
+    ]
+    return table(head, rows)
+
+
+def communication(data: dict[str, Any]) -> str:
     rows = []
-    cmd, mach = result.get("command", "?"), machine_text(result.get("machine", {}))
-    for e in result.get("summary", []):
+    for e in data["summary"]:
         rel = e.get("bytes_relative_to_ecl")
         rows.append(
-            f"| {e['name']} | {result.get('topology', '?')} | {e['bytes_total']['mean'] / 1e6:.1f} MB"
-            f" ({rel:.2f} x ecl) | {pm(e['mean_site_macro_auroc'])} | "
-            f"{pm(e['gap_to_pooled'], signed=True)} | `{cmd}` | {mach} |"
-            if rel is not None
-            else f"| {e['name']} | ? | n/a | {pm(e['mean_site_macro_auroc'])} | "
-            f"{pm(e['gap_to_pooled'], signed=True)} | `{cmd}` | {mach} |"
+            [
+                e["name"],
+                f"{e['bytes_total']['mean'] / 1e6:.1f} MB",
+                f"{e['bytes_per_exchange']['mean'] / 1e3:.1f} kB",
+                f"{rel:.2f}" if rel is not None else "n/a",
+                pm(e["mean_site_macro_auroc"]),
+                pm(e["gap_to_pooled"], signed=True),
+                pm(e.get("auroc_cost"), signed=True),
+            ]
         )
-    return rows
+    head = [
+        "run",
+        "bytes in total",
+        "per exchange",
+        "x ecl",
+        "mean site AUROC",
+        "gap to pooled",
+        "AUROC vs ecl",
+    ]
+    return table(head, rows)
+
+
+def throughput(data: dict[str, Any]) -> str:
+    rows = []
+    for threads, v in data.get("threads", {}).items():
+        rows.append(
+            [
+                f"in-process simulation vs pooled, {threads} thread(s)",
+                f"{v['throughput_ratio']:.3f}",
+                f"{v['simulation_images_per_s']['mean']:.0f} vs "
+                f"{v['pooled_images_per_s']['mean']:.0f}",
+                f"{100 * v['simulation_fraction_of_peak']:.0f}% vs "
+                f"{100 * v['pooled_fraction_of_peak']:.0f}% of "
+                f"{v['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s",
+            ]
+        )
+    p = data.get("processes") or {}
+    if p.get("processes_vs_in_process") is not None:
+        rows.append(
+            [
+                f"8 processes (gRPC + mTLS) vs in-process, {p['steps_per_site']} steps per site",
+                f"{p['processes_vs_in_process']:.3f}",
+                f"{p['processes']['images_per_s'][p['method']]:.0f} vs "
+                f"{p['in_process']['images_per_s'][p['method']]:.0f}",
+                "start-up included",
+            ]
+        )
+        rows.append(["8 processes vs pooled (all threads)", f"{p['throughput_ratio']:.3f}", "", ""])
+    return table(["comparison", "ratio", "images/s", "FLOP/s"], rows)
+
+
+def learnability(data: dict[str, Any]) -> str:
+    runs = data["runs"]
+    labels = list(runs[0]["labels"]) if runs else []
+    head = ["label", *[f"{r['local_steps']} steps, world {r['seed']}" for r in runs]]
+    rows = []
+    for name in labels:
+        cells = []
+        for r in runs:
+            v = r["labels"][name]
+            cells.append("undefined" if v["auroc"] is None else f"{v['auroc']:.2f}")
+        rows.append([name, *cells])
+    rows.append(["**macro**", *[f"**{r['macro_auroc']:.3f}**" for r in runs]])
+    return table(head, rows)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
-    results = []
+    found: dict[str, dict[str, Any]] = {}
     for path in sorted(Path(args.results).glob("*.json")):
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             print(f"skipping {path.name}: {err}", file=sys.stderr)
             continue
-        if isinstance(data, dict) and not data.get("smoke"):
-            results.append((path, data))
-    accuracy = [(p, d) for p, d in results if d.get("benchmark") == "accuracy" and "main" in d]
-    comm = [(p, d) for p, d in results if d.get("benchmark") == "communication"]
-    speed = [(p, d) for p, d in results if d.get("benchmark") == "throughput"]
-    if not (accuracy or comm or speed):
+        if isinstance(data, dict) and data.get("benchmark") and not data.get("smoke"):
+            found[path.stem] = data
+    sections = []
+    acc = found.get("accuracy")
+    if acc and "main" in acc:
+        sections.append(("Accuracy", accuracy_main(acc), acc))
+    for stem, part, field in (
+        ("accuracy_steps", "steps", "local_steps"),
+        ("accuracy_sweeps", "skew", "skew"),
+        ("accuracy_sweeps", "k", "exchange_every"),
+    ):
+        data = found.get(stem)
+        if data and part in data:
+            sections.append((f"Sweep: {field}", sweep(data, part, field), data))
+    for stem, title, render in (
+        ("ecl_diagnosis", "ECL diagnosis", diagnosis),
+        ("communication", "Communication", communication),
+        ("throughput", "Throughput", throughput),
+        ("learnability", "Learnability (pooled, per label, global test set)", learnability),
+    ):
+        if stem in found:
+            sections.append((title, render(found[stem]), found[stem]))
+    if not sections:
         print("no benchmark results found (run benchmarks/accuracy.py first)", file=sys.stderr)
         return 1
-    if accuracy:
-        print("| method | topology | mean site macro AUROC | worst site | gap to pooled | seeds "
-              "| command | machine |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|---|")
-        for _, data in accuracy:
-            print("\n".join(accuracy_rows(data)))
-        print()
-    if comm:
-        print("| run | topology | bytes in total | mean site macro AUROC | gap to pooled "
-              "| command | machine |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|")
-        for _, data in comm:
-            print("\n".join(communication_rows(data)))
-        print()
-    for _, data in speed:
-        ratio = data.get("throughput_ratio")
-        threads = ", ".join(
-            f"{t} thread(s): ratio {v['throughput_ratio']:.2f}, "
-            f"{100 * v['simulation_fraction_of_peak']:.0f}% of matmul peak"
-            for t, v in data.get("threads", {}).items()
-        )
-        print(
-            f"Simulation throughput vs pooled ({data.get('method')}, {data.get('model')} at "
-            f"{data.get('image_size')} px): {ratio:.2f} ({threads}); `{data.get('command')}`, "
-            f"{machine_text(data.get('machine', {}))}."
-        )
+    for title, text, data in sections:
+        print(f"#### {title}\n\n{text}\n\nFrom {source(data)}.\n")
     return 0
 
 
