@@ -62,7 +62,8 @@ class ModelConfig(Section):
 
 
 class TrainingConfig(Section):
-    # Defaults measured on the synthetic world (README "Results"): sequential steps buy more
+    # Defaults chosen by probes on the synthetic world (README "Results" has the training-length
+    # sweep: the default is far from converged, to fit 5 minutes): sequential steps buy more
     # AUROC than larger batches here, so sites take many small-batch steps at a large step size.
     batch_size: int = Field(16, gt=0, description="images per local step (pooled: x n_sites)")
     local_steps: int = Field(
