@@ -163,6 +163,19 @@ def throughput(data: dict[str, Any]) -> str:
                 "start-up included",
             ]
         )
+        auc = {
+            k: p[k].get("mean_site_macro_auroc", {}).get(p["method"])
+            for k in ("processes", "in_process")
+        }
+        if None not in auc.values():
+            rows.append(
+                [
+                    "mean site macro AUROC, processes vs in-process (same config)",
+                    "",
+                    f"{auc['processes']:.3f} vs {auc['in_process']:.3f}",
+                    "",
+                ]
+            )
         rows.append(["8 processes vs pooled (all threads)", f"{p['throughput_ratio']:.3f}", "", ""])
     return table(["comparison", "ratio", "images/s", "FLOP/s"], rows)
 

@@ -134,11 +134,14 @@ def simulate_command(config: Path, out: Path, processes: bool) -> dict[str, Any]
     if proc.returncode != 0:
         return {"returncode": proc.returncode, "stderr_tail": proc.stderr[-800:], "wall_s": wall}
     run = json.loads((out / "run.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())["methods"]
     return {
         "returncode": 0,
         "command_wall_s": wall,
         "method_wall_s": run["wall_seconds"]["per_method"],
         "images_per_s": run["images_per_second"],
+        # the same training run in two transports: the accuracy should be comparable too
+        "mean_site_macro_auroc": {m: v["mean_site_macro_auroc"] for m, v in summary.items()},
     }
 
 
@@ -167,7 +170,7 @@ def processes_run(config: str, method: str, steps: int, pooled_images_per_s: flo
     if inproc["returncode"] == 0 and procs["returncode"] == 0:
         p_rate, i_rate = procs["images_per_s"][method], inproc["images_per_s"][method]
         result["processes_vs_in_process"] = p_rate / i_rate
-        result["throughput_ratio"] = p_rate / pooled_images_per_s
+        result["throughput_ratio"] = p_rate / pooled_images_per_s if pooled_images_per_s else None
         result["note"] = (
             "throughput_ratio: processes images/s over the pooled images/s measured above at "
             "the machine's full thread count; each process runs with deploy threads"
