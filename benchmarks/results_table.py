@@ -209,9 +209,10 @@ def main() -> int:
         if isinstance(data, dict) and data.get("benchmark") and not data.get("smoke"):
             found[path.stem] = data
     sections = []
-    acc = found.get("accuracy")
-    if acc and "main" in acc:
-        sections.append(("Accuracy", accuracy_main(acc), acc))
+    for stem, data in found.items():  # accuracy.json, then e.g. accuracy_isvr.json
+        if stem.startswith("accuracy") and "main" in data:
+            title = "Accuracy" if stem == "accuracy" else f"Accuracy ({stem})"
+            sections.append((title, accuracy_main(data), data))
     for stem, part, field in (
         ("accuracy_steps", "steps", "local_steps"),
         ("accuracy_sweeps", "skew", "skew"),
