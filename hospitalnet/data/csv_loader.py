@@ -17,15 +17,12 @@ import pandas as pd
 from pydantic import Field
 
 from hospitalnet.config import Section
-from hospitalnet.data.base import SiteLoader, pseudonymise
+from hospitalnet.data.base import SiteLoader
 from hospitalnet.data.dicom import read_dicom
 from hospitalnet.data.indexing import (
     BadImageError,
-    assemble_index,
-    describe_counts,
+    IndexRows,
     files_fingerprint,
-    parse_labels_cell,
-    parse_split,
     parse_view,
     safe_relative_path,
 )
@@ -111,9 +108,8 @@ class CsvLoader(SiteLoader):
         table, paths = self._read_manifest()
         self.skipped_, self.notes_ = Counter(), Counter()
         has_id = cols.image_id in table.columns
-        ids, patients, views, splits, label_rows = [], [], [], [], []
+        rows = IndexRows(unknown_labels=self.options.unknown_labels)
         by_id: dict[str, Path] = {}
-        dropped: list[str] = []
         for i, (row, path) in enumerate(zip(table.to_dict("records"), paths)):
             where = f"{name} row {i + 2}"
             image_id = str(row[cols.image_id]).strip() if has_id else path.name
@@ -125,31 +121,10 @@ class CsvLoader(SiteLoader):
             raw_patient = str(row[cols.patient_id]).strip()
             if not raw_patient:
                 raise DataError(f"{where}: empty patient id")
-            ids.append(image_id)
-            patients.append(pseudonymise(raw_patient))  # the raw id goes no further
-            views.append(parse_view(row.get(cols.view, "")))
-            splits.append(parse_split(row.get(cols.split, ""), source=where))
-            label_rows.append(
-                parse_labels_cell(
-                    row[cols.labels],
-                    source=where,
-                    unknown=self.options.unknown_labels,
-                    dropped=dropped,
-                )
-            )
+            view = parse_view(row.get(cols.view, ""))
+            rows.add(image_id, raw_patient, view, row.get(cols.split, ""), row[cols.labels], where)
             by_id[image_id] = path
-        if dropped:
-            self.notes_["unknown label names dropped"] += len(dropped)
-            logger.warning("%s: dropped %d unknown label name(s)", name, len(dropped))
-        if self.skipped_:
-            logger.warning(
-                "%s: skipped %d listed image(s): %s",
-                name,
-                sum(self.skipped_.values()),
-                describe_counts(self.skipped_),
-            )
-        labels = np.array(label_rows, dtype=np.float32).reshape(len(ids), -1)
-        index = assemble_index(ids, patients, views, splits, labels, source=name)
+        index = rows.finish(name, self.skipped_, self.notes_)
         self._paths = by_id
         return index
 

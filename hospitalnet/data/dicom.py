@@ -46,14 +46,12 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.pixels.processing import apply_voi
 from pydicom.uid import UID
 
-from hospitalnet.data.base import SiteLoader, pseudonymise
+from hospitalnet.data.base import SiteLoader
 from hospitalnet.data.indexing import (
     BadImageError,
-    assemble_index,
+    IndexRows,
     describe_counts,
     files_fingerprint,
-    parse_labels_cell,
-    parse_split,
     parse_view,
     safe_relative_path,
 )
@@ -425,9 +423,8 @@ class DicomLoader(SiteLoader):
         else:
             headers = self._headers_by_uid(table)
 
-        ids, patients, views, splits, label_rows = [], [], [], [], []
+        rows = IndexRows(unknown_labels=self.options.unknown_labels)
         paths: dict[str, Path] = {}
-        dropped: list[str] = []
         for i, row in enumerate(table.to_dict("records")):
             where = f"{csv_name} row {i + 2}"
             header = headers[i]
@@ -440,31 +437,10 @@ class DicomLoader(SiteLoader):
             if not raw_patient:
                 self._bad(BadImageError(image_id, "no patient id (CSV and PatientID empty)"))
                 continue
-            ids.append(image_id)
-            patients.append(pseudonymise(raw_patient))  # the raw id goes no further
-            views.append(parse_view(row.get("view", "")) or parse_view(header_view))
-            splits.append(parse_split(row.get("split", ""), source=where))
-            label_rows.append(
-                parse_labels_cell(
-                    row["labels"],
-                    source=where,
-                    unknown=self.options.unknown_labels,
-                    dropped=dropped,
-                )
-            )
+            view = parse_view(row.get("view", "")) or parse_view(header_view)
+            rows.add(image_id, raw_patient, view, row.get("split", ""), row["labels"], where)
             paths[image_id] = path
-        if dropped:
-            self.notes_["unknown label names dropped"] += len(dropped)
-            logger.warning("%s: dropped %d unknown label name(s)", csv_name, len(dropped))
-        if self.skipped_:
-            logger.warning(
-                "%s: skipped %d listed image(s): %s",
-                csv_name,
-                sum(self.skipped_.values()),
-                describe_counts(self.skipped_),
-            )
-        labels = np.array(label_rows, dtype=np.float32).reshape(len(ids), -1)
-        index = assemble_index(ids, patients, views, splits, labels, source=csv_name)
+        index = rows.finish(csv_name, self.skipped_, self.notes_)
         self._paths = paths
         return index
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -18,9 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hospitalnet.data.base import INDEX_COLUMNS
+from hospitalnet.data.base import INDEX_COLUMNS, pseudonymise
 from hospitalnet.errors import DataError
 from hospitalnet.labels import LABELS, NUM_LABELS, parse_finding_labels
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "test", "")
 VIEWS = ("PA", "AP")
@@ -105,6 +108,54 @@ def parse_split(value: object, *, source: str) -> str:
     if text not in SPLITS:
         raise DataError(f"{source}: split {text!r} is not 'train', 'test' or empty")
     return text
+
+
+class IndexRows:
+    """A loader's index as it reads its rows: pseudonymised, parsed, checked on ``finish``.
+
+    The CSV and DICOM loaders share this, so every format parses views, splits and label cells
+    and reports dropped label names and skipped images in one way.
+    """
+
+    def __init__(self, *, unknown_labels: str) -> None:
+        self.unknown_labels = unknown_labels
+        self.image_ids: list[str] = []
+        self.patients: list[str] = []
+        self.views: list[str] = []
+        self.splits: list[str] = []
+        self.labels: list[np.ndarray] = []
+        self.dropped: list[str] = []  # unknown label names (unknown_labels: drop)
+
+    def add(
+        self, image_id: str, raw_patient: str, view: str, split: object, labels: object, where: str
+    ) -> None:
+        """One image; the raw patient id is pseudonymised here and goes no further."""
+        self.image_ids.append(image_id)
+        self.patients.append(pseudonymise(raw_patient))
+        self.views.append(view)
+        self.splits.append(parse_split(split, source=where))
+        self.labels.append(
+            parse_labels_cell(
+                labels, source=where, unknown=self.unknown_labels, dropped=self.dropped
+            )
+        )
+
+    def finish(self, source: str, skipped: Counter[str], notes: Counter[str]) -> pd.DataFrame:
+        """The checked index; counts dropped label names in ``notes`` and logs what was left."""
+        if self.dropped:
+            notes["unknown label names dropped"] += len(self.dropped)
+            logger.warning("%s: dropped %d unknown label name(s)", source, len(self.dropped))
+        if skipped:
+            logger.warning(
+                "%s: skipped %d listed image(s): %s",
+                source,
+                sum(skipped.values()),
+                describe_counts(skipped),
+            )
+        labels = np.array(self.labels, dtype=np.float32).reshape(len(self.image_ids), -1)
+        return assemble_index(
+            self.image_ids, self.patients, self.views, self.splits, labels, source=source
+        )
 
 
 def assemble_index(
