@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from hospitalnet.config import ExperimentConfig, load_config
@@ -39,3 +41,11 @@ def test_seed_streams_are_named_and_independent():
     again = numpy_rng(0, "site", "n1").random(3)
     assert (a == again).all() and not (a == b).all()
     assert int_seed(1, "x") != int_seed(2, "x")
+
+
+def test_every_shipped_config_loads():
+    shipped = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(shipped) >= 4
+    for path in shipped:
+        cfg = load_config(path)
+        assert cfg.methods, path.name
