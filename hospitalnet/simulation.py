@@ -270,7 +270,9 @@ def run_network(
     sim.run(steps, eval_every, eval_fn, progress)
     finals = {s: n.finalize() for s, n in sim.nodes.items()}
     if eval_fn is not None and eval_every and sim.last_eval_time < sim.end_time:
-        k = max(int(round(sim.end_time)), sim.evaluations[-1][0] + 1 if sim.evaluations else 0)
+        k = int(round(sim.end_time))
+        if sim.evaluations:  # k must grow even when end_time rounds to the last point's k
+            k = max(k, sim.evaluations[-1][0] + 1)
         final_copies = {s: w.detach().clone() for s, w in finals.items()}
         sim.evaluations.append((k, eval_fn(k, final_copies)))
         sim.evaluation_steps.append(sim.mean_steps())
