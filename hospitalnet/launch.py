@@ -13,12 +13,14 @@ run writes, so that both are compared by the same evaluation::
       network_plan.json, pki/                               the network the children used
       nodes/<method>/<site>/                                each child's own run directory
       nodes/<method>/<site>.log                             each child's log
+      nodes/<fedavg|fedprox>/server/, server.log            the FedAvg server's
 
-Methods: the peer-to-peer ones (ecl and its variants, gossip, local) run as processes; pooled is
-the centralised reference and is trained in the parent, as in-process; fedavg / fedprox need a
-server node, which deployment does not run yet, so they are skipped with a warning. A site whose
-process did not finish is left out of the run's ``sites`` and listed in ``network.json`` under
-``dead_sites``; its edges show inactive.
+Methods: the peer-to-peer ones (ecl and its variants, gossip, local) run as eight processes;
+fedavg / fedprox as eight site processes plus a ninth, the aggregation server
+(``hospitalnet server run``, :mod:`hospitalnet.server`), with its own certificate and the plan's
+``server.address``; pooled is the centralised reference and is trained in the parent, as
+in-process. A site whose process did not finish is left out of the run's ``sites`` and listed in
+``network.json`` under ``dead_sites``; its edges show inactive.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import torch
 import hospitalnet
 from hospitalnet import __version__, pki
 from hospitalnet.algorithms import make_algorithm
+from hospitalnet.algorithms.fedavg import SERVER
 from hospitalnet.config import ExperimentConfig, dump_config
 from hospitalnet.experiment import GLOBAL, POOLED, World, data_summary, load_world, train_method
 from hospitalnet.models import build_model
@@ -112,7 +115,7 @@ def prepare_network(
     pki_dir = out / "pki"
     if not (pki_dir / pki.CA_CERT).is_file():
         pki.create_ca(pki_dir)
-        for site in sites:
+        for site in (*sites, SERVER):
             pki.issue_site_certificate(site, pki_dir, hosts=["127.0.0.1", "localhost"])
     topo = build_topology(cfg.topology, sites, cfg.seed)
     plan = NetworkPlan(
@@ -120,6 +123,7 @@ def prepare_network(
         edges=topo.edges,
         addresses={s: f"127.0.0.1:{free_port()}" for s in sites},
         train_samples={s: len(world.train[s]) for s in sites},
+        server_address=f"127.0.0.1:{free_port()}",  # used by fedavg / fedprox only
     )
     plan_path = out / "network_plan.json"
     write_plan(plan_path, plan)
@@ -143,19 +147,14 @@ def start_node(
     layout: NetworkLayout, site: str, method: str, *, resume: bool = False
 ) -> subprocess.Popen:
     """Start ``hospitalnet site run`` for ``site`` as a child process (log next to its folder)."""
-    node_dir = layout.node_dir(method, site)
-    node_dir.parent.mkdir(parents=True, exist_ok=True)
     argv = [
-        sys.executable,
-        "-m",
-        "hospitalnet",
         "site",
         "run",
         str(layout.manifests[site]),
         "--config",
         str(layout.config_path),
         "--out",
-        str(node_dir),
+        str(layout.node_dir(method, site)),
         "--pki",
         str(layout.pki_dir),
         "--network",
@@ -169,15 +168,45 @@ def start_node(
         "--threads",
         "1",
     ]
-    if resume:
-        argv.append("--resume")
+    return _spawn(argv + (["--resume"] if resume else []), layout.node_dir(method, site))
+
+
+def start_server(layout: NetworkLayout, method: str, *, resume: bool = False) -> subprocess.Popen:
+    """Start ``hospitalnet server run`` (FedAvg / FedProx) as a child process."""
+    node_dir = layout.node_dir(method, SERVER)
+    argv = [
+        "server",
+        "run",
+        "--network",
+        str(layout.plan_path),
+        "--pki",
+        str(layout.pki_dir),
+        "--config",
+        str(layout.config_path),
+        "--out",
+        str(node_dir),
+        "--method",
+        method,
+        "--threads",
+        "1",
+    ]
+    return _spawn(argv + (["--resume"] if resume else []), node_dir)
+
+
+def _spawn(args: list[str], node_dir: Path) -> subprocess.Popen:
+    """``python -m hospitalnet ARGS`` with one torch thread, logging next to ``node_dir``."""
+    node_dir.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     package_parent = str(Path(hospitalnet.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
     env["OMP_NUM_THREADS"] = "1"
-    with open(node_dir.parent / f"{site}.log", "ab") as log_file:
+    with open(node_dir.parent / f"{node_dir.name}.log", "ab") as log_file:
         return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env
+            [sys.executable, "-m", "hospitalnet", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
 
 
@@ -263,6 +292,22 @@ def collect_method(layout: NetworkLayout, method: str, n_train: int, batch: int)
             for counter in ("dropped", "stale", "duplicates", "rejected", "inactive_events"):
                 m[counter] += int(e[counter])
             m["active_at_end"] = m["active_at_end"] and bool(e["active_at_end"])
+    server_dir = layout.node_dir(method, SERVER)
+    server_status = node_status(server_dir)
+    if server_status is not None:  # FedAvg / FedProx: the server's side of every edge
+        network = read_json_file(RunDir(server_dir).network_json)
+        for e in network["methods"][method]["edges"]:
+            m = edges.get((e["a"], e["b"]))
+            if m is None:  # a dead site's edge: only the server saw it
+                m = edges.setdefault((e["a"], e["b"]), {**e, "messages": {}, "bytes": {}})
+                m.update({k: 0 for k in ("dropped", "stale", "duplicates", "rejected")})
+                m["inactive_events"] = 0
+            m["messages"].update(e["messages"])
+            m["bytes"].update(e["bytes"])
+            for counter in ("dropped", "stale", "duplicates", "rejected", "inactive_events"):
+                m[counter] += int(e[counter])
+            m["active_at_end"] = m["active_at_end"] and bool(e["active_at_end"])
+        events += read_json_file(RunDir(server_dir).history(method)).get("events", [])
     for m in edges.values():
         if m["a"] in dead or m["b"] in dead:
             m["active_at_end"] = False
@@ -282,6 +327,7 @@ def collect_method(layout: NetworkLayout, method: str, n_train: int, batch: int)
             "edges": list(edges.values()),
             "isolated_sites": isolated,
             "dead_sites": dead,
+            **({"server": server_status} if server_status is not None else {}),
         },
     )
 
@@ -291,7 +337,10 @@ def run_method_processes(
 ) -> MethodRun:
     """One method: start every site, wait for all (with a deadline), gather."""
     t0 = time.perf_counter()
-    procs = {site: start_node(layout, site, method) for site in layout.sites}
+    procs: dict[str, subprocess.Popen] = {}
+    if make_algorithm(method, cfg.ecl, cfg.fedprox).uses_server:
+        procs[SERVER] = start_server(layout, method)
+    procs.update({site: start_node(layout, site, method) for site in layout.sites})
     try:
         codes = wait_nodes(procs, node_timeout(cfg))
     finally:
@@ -390,12 +439,13 @@ def run_processes(
     for method in cfg.methods:
         if method == POOLED:
             continue
-        if make_algorithm(method, cfg.ecl, cfg.fedprox).uses_server:
-            log.warning(
-                "%s needs a server node, which deployment does not run yet; skipped", method
-            )
-            continue
-        log.info("%s: starting %d site processes", method, len(layout.sites))
+        server = make_algorithm(method, cfg.ecl, cfg.fedprox).uses_server
+        log.info(
+            "%s: starting %d site processes%s",
+            method,
+            len(layout.sites),
+            " and the server" if server else "",
+        )
         results[method] = run_method_processes(layout, cfg, method, n_train)
         log.info(
             "%s: %.1f s, finished %s, dead %s",
@@ -439,6 +489,7 @@ __all__ = [
     "run_method_processes",
     "run_processes",
     "start_node",
+    "start_server",
     "stop_node",
     "wait_nodes",
     "write_network_run",

@@ -47,6 +47,7 @@ import torch
 
 from hospitalnet import __version__
 from hospitalnet.algorithms import make_algorithm, make_context, site_weights
+from hospitalnet.algorithms.fedavg import SERVER
 from hospitalnet.checkpoint import (
     load_latest,
     save_checkpoint,
@@ -71,7 +72,15 @@ from hospitalnet.rundir import (
     write_json,
 )
 from hospitalnet.seeding import int_seed, torch_generator
-from hospitalnet.site import Event, ExchangeSchedule, SiteFailure, SiteNode, SiteRules, TickResult
+from hospitalnet.site import (
+    Event,
+    ExchangeSchedule,
+    PeerBook,
+    SiteFailure,
+    SiteNode,
+    SiteRules,
+    TickResult,
+)
 from hospitalnet.topology import isolated
 from hospitalnet.training.objective import ChestXrayObjective, predict_proba
 from hospitalnet.transport.base import EdgeStats, Transport
@@ -231,31 +240,34 @@ class _SiteRun:
         self.flat = FlatParams(model, cfg.model.name)
         w0 = self.flat.flat.detach().clone()
         self.algorithm = make_algorithm(opts.method, cfg.ecl, cfg.fedprox)
-        if self.algorithm.uses_server:
-            raise ConfigError(
-                f"method {opts.method!r} needs a central server node, which deployment does not "
-                "run yet; use ecl, gossip or local"
-            )
         plan = opts.plan or plan_from_manifest(manifest)
         if self.site not in plan.sites:
             raise ConfigError(f"network plan: site {self.site!r} is not in it")
         topo = plan.topology()
-        neighbours = topo.neighbours(self.site) if self.algorithm.communicates else ()
+        if self.algorithm.uses_server:  # FedAvg/FedProx: a star around the server process
+            neighbours: tuple[str, ...] = (SERVER,)
+        elif self.algorithm.communicates:
+            neighbours = topo.neighbours(self.site)
+        else:
+            neighbours = ()
         known = all(s in plan.train_samples for s in topo.nodes)
         samples = dict(plan.train_samples) if known else {s: 1 for s in topo.nodes}
         samples[self.site] = len(self.train)
         weighting = self.algorithm.site_weighting if known else "uniform"
-        if not known and self.algorithm.site_weighting == "samples" and neighbours:
+        if not known and self.algorithm.site_weighting == "samples" and topo.neighbours(self.site):
             log.warning(
                 "%s: the network plan has no training-set sizes; loss weights are 1 "
                 "(give --network FILE for the sample weighting)",
                 self.site,
             )
-        # as in simulation.run_network: a method that never sends has no edges
-        graph = topo if neighbours else isolated(topo.nodes)
+        # as in simulation.run_network: a method that never sends, or only to the server, has no
+        # edges in the topology
+        server_mode = self.algorithm.uses_server
+        graph = topo if neighbours and not server_mode else isolated(topo.nodes)
         ctx = make_context(
             graph,
             self.site,
+            neighbours=(SERVER,) if server_mode else None,
             w0=w0,
             num_samples=samples,
             weights=site_weights(graph, samples, weighting),
@@ -290,28 +302,26 @@ class _SiteRun:
                 if opts.pki_dir is not None
                 else credentials_from_identity(manifest.network, self.site, opts.manifest.parent)
             )
-            missing = [j for j in neighbours if j not in plan.addresses]
+            addresses = dict(plan.addresses)
+            if plan.server_address:
+                addresses[SERVER] = plan.server_address
+            missing = [j for j in neighbours if j not in addresses]
+            if missing == [SERVER]:
+                raise ConfigError(
+                    f"network plan: server.address: method {opts.method!r} needs the server's "
+                    "address (give --network FILE)"
+                )
             if missing:
                 raise ConfigError(f"network plan: no address for neighbour {missing[0]!r}")
             listen = opts.listen or plan.addresses.get(self.site) or manifest.network.address
-            d = cfg.deploy
-            limits = TransportLimits(
-                heartbeat_interval_s=d.heartbeat_interval_s,
-                heartbeat_timeout_s=min(d.call_timeout_s, 2 * d.heartbeat_interval_s),
-                retry_interval_s=min(1.0, d.heartbeat_interval_s),
-                suspect_after_s=min(3 * d.heartbeat_interval_s, d.inactive_after_s),
-                inactive_after_s=d.inactive_after_s,
-                call_timeout_s=d.call_timeout_s,
-                reconnect_backoff_max_s=min(2.0, d.heartbeat_interval_s),
-            )
             self.transport = GrpcTransport(
                 self.site,
                 listen,
-                {j: plan.addresses[j] for j in neighbours},
+                {j: addresses[j] for j in neighbours},
                 creds,
                 self.flat.fingerprint(),
                 self.flat.numel,
-                limits,
+                transport_limits(cfg),
             )
         else:
             self.transport = _NoNetwork(self.site)
@@ -480,6 +490,8 @@ class _SiteRun:
                 log.warning("%s: deploy.max_wall_s reached; stopping", self.site)
                 return "stopped"
             t = time.monotonic()
+            if self.algorithm.uses_server:
+                hear_heartbeats(node.book, self.transport, self._clock())
             result = node.tick()
             if result is TickResult.STEPPED:
                 self.step_seconds.append(time.monotonic() - t)
@@ -490,7 +502,8 @@ class _SiteRun:
                 if d.step_interval_s:
                     stop.wait(max(0.0, d.step_interval_s - (time.monotonic() - t)))
                 continue
-            if node.steps is not None and node.step >= node.steps:
+            # done: all steps taken and not waiting for anything (FedAvg: the last global model)
+            if node.done:
                 now = time.monotonic()
                 if lingering_since is None:
                     lingering_since = now
@@ -610,37 +623,20 @@ class _SiteRun:
         site = self.site
         sent = self.transport.stats()
         received = self.node.book.stats()
-        edges = []
-        for j in self.node.neighbours:
-            out = sent.get((site, j), EdgeStats())
-            inn = sent.get((j, site), EdgeStats())
-            book = received.get((j, site), EdgeStats())
-            peer = self.node.book.peers[j]
-            rejected = {**inn.rejected}
-            for reason, n in book.rejected.items():
-                rejected[reason] = rejected.get(reason, 0) + n
-            a, b = sorted((site, j), key=self.plan.sites.index)
-            edges.append(
-                {
-                    "a": a,
-                    "b": b,
-                    "messages": {f"{site}->{j}": out.messages_sent},
-                    "bytes": {f"{site}->{j}": out.bytes_sent},
-                    "received_messages": {f"{j}->{site}": inn.messages_delivered},
-                    "received_bytes": {f"{j}->{site}": getattr(inn, "bytes_received", 0)},
-                    "dropped": out.dropped,
-                    "stale": book.stale,
-                    "duplicates": book.duplicates + inn.duplicates,
-                    "rejected": sum(rejected.values()),
-                    "rejected_reasons": rejected,
-                    "failures": dict(getattr(out, "failures", {})),
-                    "inactive_events": sum(
-                        1 for e in self.node.events if e.kind == "edge_inactive" and e.peer == j
-                    ),
-                    "active_at_end": peer.active,
-                }
+        order = {s: k for k, s in enumerate(self.plan.sites)}  # the server sorts last
+        edges = [
+            edge_summary(
+                site,
+                j,
+                tuple(sorted((site, j), key=lambda s: order.get(s, len(order)))),
+                sent,
+                received,
+                self.node.book.peers[j].active,
+                sum(1 for e in self.node.events if e.kind == "edge_inactive" and e.peer == j),
             )
-        nodes = [s for s in self.plan.sites if s == site or s in self.node.neighbours]
+            for j in self.node.neighbours
+        ]
+        nodes = [s for s in [*self.plan.sites, SERVER] if s == site or s in self.node.neighbours]
         return {
             "topology": {
                 "kind": self.cfg.topology.kind,
@@ -688,6 +684,73 @@ class _SiteRun:
         return data
 
 
+def transport_limits(cfg: ExperimentConfig) -> TransportLimits:
+    """The gRPC transport's timings from the config's ``deploy`` section."""
+    d = cfg.deploy
+    return TransportLimits(
+        heartbeat_interval_s=d.heartbeat_interval_s,
+        heartbeat_timeout_s=min(d.call_timeout_s, 2 * d.heartbeat_interval_s),
+        retry_interval_s=min(1.0, d.heartbeat_interval_s),
+        suspect_after_s=min(3 * d.heartbeat_interval_s, d.inactive_after_s),
+        inactive_after_s=d.inactive_after_s,
+        call_timeout_s=d.call_timeout_s,
+        reconnect_backoff_max_s=min(2.0, d.heartbeat_interval_s),
+    )
+
+
+def hear_heartbeats(book: PeerBook, transport: Transport, now: float) -> None:
+    """Count a neighbour's latest authenticated heartbeat as hearing from it (server edges).
+
+    On a FedAvg edge silence is part of the protocol: a site sends nothing while it waits for
+    the global model, and the server nothing while it waits for the slowest site. Heartbeats,
+    sent by the transport's own thread, then tell a live but waiting peer from a dead one. Peer
+    to peer edges do not use this: there a neighbour whose transport still answers but whose
+    messages stopped (a stalled trainer) must go inactive.
+    """
+    if not isinstance(transport, GrpcTransport):
+        return
+    wall = time.time()
+    for name, status in transport.neighbour_states().items():
+        peer = book.peers.get(name)
+        if peer is not None and status.last_heard is not None:
+            peer.last_heard = max(peer.last_heard, now - (wall - status.last_heard))
+
+
+def edge_summary(
+    owner: str,
+    peer_name: str,
+    pair: tuple[str, str],
+    sent: dict[tuple[str, str], EdgeStats],
+    received: dict[tuple[str, str], EdgeStats],
+    active: bool,
+    inactive_events: int,
+) -> dict[str, Any]:
+    """One node's view of one edge for ``network.json``: what it sent, and what it did with
+    what it received (transport and site-loop counters together)."""
+    out = sent.get((owner, peer_name), EdgeStats())
+    inn = sent.get((peer_name, owner), EdgeStats())
+    book = received.get((peer_name, owner), EdgeStats())
+    rejected = {**inn.rejected}
+    for reason, n in book.rejected.items():
+        rejected[reason] = rejected.get(reason, 0) + n
+    return {
+        "a": pair[0],
+        "b": pair[1],
+        "messages": {f"{owner}->{peer_name}": out.messages_sent},
+        "bytes": {f"{owner}->{peer_name}": out.bytes_sent},
+        "received_messages": {f"{peer_name}->{owner}": inn.messages_delivered},
+        "received_bytes": {f"{peer_name}->{owner}": getattr(inn, "bytes_received", 0)},
+        "dropped": out.dropped,
+        "stale": book.stale,
+        "duplicates": book.duplicates + inn.duplicates,
+        "rejected": sum(rejected.values()),
+        "rejected_reasons": rejected,
+        "failures": dict(getattr(out, "failures", {})),
+        "inactive_events": inactive_events,
+        "active_at_end": active,
+    }
+
+
 def run_site(
     opts: SiteRunOptions, cfg: ExperimentConfig, stop: threading.Event | None = None
 ) -> SiteOutcome:
@@ -732,10 +795,14 @@ def node_status(out: str | Path) -> dict[str, Any] | None:
 
 
 __all__ = [
+    "SEQ_EPOCH_BITS",
     "SiteOutcome",
     "SiteRunOptions",
     "node_status",
     "restore_state",
     "run_site",
     "state_to_checkpoint",
+    "edge_summary",
+    "hear_heartbeats",
+    "transport_limits",
 ]

@@ -11,6 +11,7 @@ gives it; every site of a network uses the same file::
       n2: {address: 10.0.0.2:50052, train_samples: 388}
       ...
     edges: [[n1, n2], [n1, n3], ...]
+    server: {address: 10.0.0.9:50050}   # only FedAvg / FedProx: the aggregation server
 
 Without a plan file a site builds one from its manifest alone (``network.address`` and
 ``network.neighbours``): site order = the ids sorted, its own edges only, training-set sizes
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hospitalnet.algorithms.fedavg import SERVER
 from hospitalnet.config import read_yaml
 from hospitalnet.data.manifest import SiteManifest
 from hospitalnet.errors import ConfigError
@@ -43,6 +45,7 @@ class NetworkPlan:
     edges: tuple[tuple[str, str], ...]
     addresses: dict[str, str]
     train_samples: dict[str, int]
+    server_address: str | None = None  # the FedAvg/FedProx server, if the network has one
 
     def topology(self) -> Topology:
         return from_edges(self.sites, self.edges)
@@ -57,6 +60,7 @@ class NetworkPlan:
                 for s in self.sites
             },
             "edges": [list(e) for e in self.edges],
+            **({"server": {"address": self.server_address}} if self.server_address else {}),
         }
 
 
@@ -65,6 +69,16 @@ def load_plan(path: str | Path) -> NetworkPlan:
     data = read_yaml(path)  # JSON is YAML
     if not isinstance(data, dict) or not isinstance(data.get("sites"), dict) or not data["sites"]:
         raise ConfigError(f"{path}: sites: expected a mapping site id -> {{address, ...}}")
+    unknown_top = set(data) - {"sites", "edges", "server"}
+    if unknown_top:
+        raise ConfigError(f"{path}: {sorted(unknown_top)[0]}: unknown key")
+    server = data.get("server")
+    if server is not None and (
+        not isinstance(server, dict) or set(server) != {"address"} or not server["address"]
+    ):
+        raise ConfigError(f"{path}: server: expected {{address: HOST:PORT}}")
+    if SERVER in data["sites"]:
+        raise ConfigError(f"{path}: sites.{SERVER}: the id is reserved for the FedAvg server")
     sites, addresses, samples = [], {}, {}
     for site, info in data["sites"].items():
         if not isinstance(info, dict):
@@ -87,7 +101,9 @@ def load_plan(path: str | Path) -> NetworkPlan:
         topo = from_edges(sites, edges)
     except ConfigError as err:
         raise ConfigError(f"{path}: edges: {err}") from None
-    return NetworkPlan(tuple(sites), topo.edges, addresses, samples)
+    return NetworkPlan(
+        tuple(sites), topo.edges, addresses, samples, str(server["address"]) if server else None
+    )
 
 
 def write_plan(path: str | Path, plan: NetworkPlan) -> None:

@@ -36,7 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--pki", type=Path, default=None, help="folder with ca.pem, SITE.pem, SITE.key")
     r.add_argument("--listen", default=None, help="HOST:PORT to listen on (default: manifest)")
     r.add_argument("--network", type=Path, default=None, help="network plan file (YAML/JSON)")
-    r.add_argument("--method", default="ecl", help="ecl (default), gossip or local")
+    r.add_argument(
+        "--method",
+        default="ecl",
+        help="ecl (default), gossip, local, fedavg or fedprox (the last two need "
+        "`hospitalnet server run` and the plan's server.address)",
+    )
     r.add_argument(
         "--global-test", type=Path, default=None, help="manifest of the shared evaluation set"
     )

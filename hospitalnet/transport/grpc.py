@@ -164,6 +164,7 @@ class _Edge:
     ok_at: float | None = None  # last successful call
     last_attempt: float = 0.0  # when the last call finished
     retry_at: float = 0.0  # after a failure: no call before this time
+    in_flight: bool = False  # a message was taken from the outbox and its call has not ended
     thread: threading.Thread | None = None
 
 
@@ -272,6 +273,23 @@ class GrpcTransport(Transport):
         """State transitions so far: (time, neighbour, old state, new state)."""
         with self._lock:
             return list(self._events)
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every queued message has been delivered or given up on, at most
+        ``timeout_s``; edges to inactive neighbours are not waited for. True when all left."""
+        deadline = time.monotonic() + timeout_s
+        for edge in self._edges.values():
+            with edge.cond:
+                while (edge.outbox or edge.in_flight) and not self._closing.is_set():
+                    now = time.monotonic()
+                    self._refresh(edge, now)
+                    if edge.status.state is PeerState.INACTIVE or now >= deadline:
+                        break
+                    edge.cond.wait(timeout=min(0.05, deadline - now))
+        return all(
+            not (e.outbox or e.in_flight) or e.status.state is PeerState.INACTIVE
+            for e in self._edges.values()
+        )
 
     @property
     def address(self) -> str:
@@ -443,6 +461,7 @@ class GrpcTransport(Transport):
                         edge.cond.wait(timeout=edge.retry_at - now)
                     elif edge.outbox:
                         _, item = edge.outbox.popitem(last=False)
+                        edge.in_flight = True
                         break
                     elif now >= edge.last_attempt + interval:
                         break  # idle for an interval: heartbeat
@@ -459,7 +478,9 @@ class GrpcTransport(Transport):
                     edge.last_attempt = time.monotonic()
                     edge.retry_at = edge.last_attempt + self.limits.retry_interval_s
             with edge.cond:
+                edge.in_flight = False
                 self._refresh(edge, time.monotonic())
+                edge.cond.notify_all()  # flush() may be waiting for this edge
 
     def _deliver(self, edge: _Edge, message: Message, data: bytes) -> None:
         envelopes = self._envelopes(message, data)

@@ -24,6 +24,7 @@ def test_plan_file_round_trip_keeps_site_order_edges_addresses_and_sizes(tmp_pat
         "  a: {address: 127.0.0.1:2, train_samples: 30}\n"
         "  c: {address: 127.0.0.1:3, train_samples: 20}\n"
         "edges: [[a, b], [c, b]]\n"
+        "server: {address: 127.0.0.1:9}\n"
     )
 
     plan = load_plan(path)
@@ -34,6 +35,7 @@ def test_plan_file_round_trip_keeps_site_order_edges_addresses_and_sizes(tmp_pat
     assert plan.edges == (("b", "a"), ("b", "c"))
     assert plan.topology().edge_sign("a", "b") == -1
     assert plan.train_samples == {"b": 10, "a": 30, "c": 20}
+    assert plan.server_address == "127.0.0.1:9"
     assert again == plan
 
 
@@ -44,6 +46,10 @@ def test_plan_file_round_trip_keeps_site_order_edges_addresses_and_sizes(tmp_pat
         ("sites: {a: {address: x, port: 1}}\n", "sites.a.port: unknown key"),
         ("sites: {a: {train_samples: -1}}\n", "train_samples"),
         ("sites: {a: {}, b: {}}\nedges: [[a, z]]\n", "unknown site"),
+        ("sites: {a: {}}\nservers: {address: x}\n", "servers: unknown key"),
+        ("sites: {a: {}}\nserver: {port: 1}\n", r"server: expected \{address"),
+        ("sites: {a: {}}\nserver: {address: ''}\n", r"server: expected \{address"),
+        ("sites: {server: {}}\n", "sites.server: the id is reserved"),
     ],
 )
 def test_bad_plan_files_are_one_line_errors_naming_the_key(tmp_path, text, needle):

@@ -585,3 +585,35 @@ def test_stalled_peer_times_out_on_its_own_edge_only(net_pki):
             if t is not None:
                 t.close()
         stalled.stop()
+
+
+@pytest.mark.timeout(60)
+def test_flush_waits_for_live_neighbours_and_gives_up_on_dead_ones_by_its_deadline(net_pki):
+    # prepare: a with neighbours b (running) and c (never started)
+    port_a, port_b, port_c = free_port(), free_port(), free_port()
+    a = b = None
+    try:
+        b = transport(net_pki, "b", port_b, {"a": port_a})
+        a = transport(net_pki, "a", port_a, {"b": port_b, "c": port_c})
+        a.send(Message("a", "b", MessageKind.MODEL, 1, 1, torch.ones(N)))
+        a.send(Message("a", "c", MessageKind.MODEL, 1, 1, torch.ones(N)))
+
+        # execute 1: a deadline shorter than c's inactivity deadline (2 s)
+        t0 = time.monotonic()
+        early = a.flush(0.3)
+        early_s = time.monotonic() - t0
+        # execute 2: long enough for c to go inactive
+        late = a.flush(10.0)
+        late_s = time.monotonic() - t0
+
+        # assert: c's message is still queued at the short deadline, which flush kept; later c
+        # is inactive and not waited for; b has its message either way
+        assert early is False and early_s < 1.0
+        assert late is True and late_s < 5.0
+        assert a.neighbour_states()["c"].state is PeerState.INACTIVE
+        assert [m.seq for m in b.poll()] == [1]
+        assert a.stats()[("a", "b")].messages_sent == 1
+    finally:
+        for t in (a, b):
+            if t is not None:
+                t.close()

@@ -1,0 +1,316 @@
+"""The FedAvg / FedProx aggregation server as its own process: ``hospitalnet server run``.
+
+The peer-to-peer methods need nobody in the middle; FedAvg and FedProx do. This process runs the
+same :class:`~hospitalnet.site.ServerNode` loop and :class:`~hospitalnet.algorithms.fedavg.
+FedAvgServer` transitions as the in-process simulation, over
+:class:`~hospitalnet.transport.grpc.GrpcTransport` with mutual TLS under the reserved identity
+``server`` (``hospitalnet pki issue server``), listening on the plan's ``server.address``. The
+hospitals run ``hospitalnet site run --method fedavg`` with the same plan.
+
+- **Start.** The global model starts at w0, built from the config's model and seed exactly as the
+  sites build theirs (the model fingerprint in every envelope checks that they agree). The
+  average is weighted by n_i, so the plan must give every site's ``train_samples``.
+- **Rounds.** Once every site it considers active has sent its model, the server averages and
+  sends the new global model to every site. The run is over after ``local_steps // K`` rounds
+  (the last round every site takes part in), when no site has been heard for
+  ``deploy.inactive_after_s`` after the first round, at ``deploy.max_wall_s`` or on SIGTERM. It
+  then waits (at most ``deploy.linger_max_s``) until the last global model has left for every
+  live site.
+- **Liveness.** A FedAvg site sends nothing while it waits for the global model and the server
+  sends nothing while it waits for the slowest site, so on server edges a heartbeat counts as
+  being heard, at both ends (:func:`hospitalnet.node.hear_heartbeats`). A killed site goes
+  inactive after D seconds and the rounds go on without it; it rejoins with its next model.
+- **Checkpoints.** The global model, the round count and the per-site receive marks, every
+  ``deploy.checkpoint_every`` local steps' worth of rounds, at the end and on SIGTERM;
+  ``--resume`` continues from the newest good one (sequence numbers restart above
+  ``incarnation << 40``, as a site's do).
+- **Outputs.** ``node.json`` (how it ended, rounds), ``network.json`` (its side of every edge) and
+  ``history/<method>.json`` (events) in its own run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from hospitalnet import __version__
+from hospitalnet.algorithms import make_algorithm
+from hospitalnet.algorithms.fedavg import SERVER, FedAvgServer
+from hospitalnet.checkpoint import load_latest, save_checkpoint
+from hospitalnet.config import ExperimentConfig, dump_config
+from hospitalnet.errors import ConfigError
+from hospitalnet.models import build_model
+from hospitalnet.models.flat import FlatParams
+from hospitalnet.node import SEQ_EPOCH_BITS, edge_summary, hear_heartbeats, transport_limits
+from hospitalnet.pki import site_credentials
+from hospitalnet.plan import NetworkPlan
+from hospitalnet.rundir import RunDir, atomic_write_bytes, write_json
+from hospitalnet.seeding import int_seed
+from hospitalnet.site import Event, ServerNode, SiteRules
+from hospitalnet.transport.grpc import GrpcTransport
+
+log = logging.getLogger(__name__)
+
+_IDLE_SLEEP_S = 0.002
+
+
+@dataclass(frozen=True)
+class ServerRunOptions:
+    """What ``hospitalnet server run`` was asked to do."""
+
+    plan: NetworkPlan
+    out: Path
+    pki_dir: Path
+    method: str = "fedavg"
+    resume: bool = False
+    listen: str | None = None
+    command: str = "hospitalnet server run"
+
+
+@dataclass
+class ServerOutcome:
+    status: str  # finished | stopped
+    rounds: int
+    wall_seconds: float
+    detail: str = ""
+
+
+class _ServerRun:
+    """Everything one server run holds (internal; :func:`run_server` is the entry point)."""
+
+    def __init__(self, opts: ServerRunOptions, cfg: ExperimentConfig) -> None:
+        self.opts, self.cfg = opts, cfg
+        self.t0 = time.monotonic()
+        self.wall0 = time.time()
+        self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.run = RunDir(opts.out)
+        self.ckpt_dir = self.run.root / "checkpoints"
+        algorithm = make_algorithm(opts.method, cfg.ecl, cfg.fedprox)
+        if not algorithm.uses_server:
+            raise ConfigError(
+                f"method {opts.method!r} is peer to peer and has no server; use fedavg or fedprox"
+            )
+        plan = opts.plan
+        missing = [s for s in plan.sites if s not in plan.train_samples]
+        if missing:
+            raise ConfigError(
+                f"network plan: sites.{missing[0]}.train_samples: the server weights the average "
+                "by every site's training-set size"
+            )
+        listen = opts.listen or plan.server_address
+        if not listen:
+            raise ConfigError("network plan: server.address: needed to run the server")
+        no_address = [s for s in plan.sites if s not in plan.addresses]
+        if no_address:
+            raise ConfigError(f"network plan: sites.{no_address[0]}.address: missing")
+        model = build_model(cfg.model, int_seed(cfg.seed, "model", "init"))
+        self.flat = FlatParams(model, cfg.model.name)
+        w0 = self.flat.flat.detach().clone()
+        self.transport = GrpcTransport(
+            SERVER,
+            listen,
+            {s: plan.addresses[s] for s in plan.sites},
+            site_credentials(opts.pki_dir, SERVER),
+            self.flat.fingerprint(),
+            self.flat.numel,
+            transport_limits(cfg),
+        )
+        rules = SiteRules(
+            staleness_bound=cfg.network.staleness_bound,
+            inactive_after=cfg.deploy.inactive_after_s,
+            max_nonfinite_steps=cfg.network.max_nonfinite_steps,
+        )
+        server = FedAvgServer()
+        self.node = ServerNode(
+            SERVER,
+            server,
+            server.init({s: plan.train_samples[s] for s in plan.sites}, w0),
+            plan.sites,
+            self.transport,
+            rules,
+            self._clock,
+        )
+        self.plan = plan
+        self.target_rounds = cfg.training.local_steps // cfg.network.exchange_every
+        self.incarnation = 0
+        self.resumed_from: int | None = None
+
+    def _clock(self) -> float:
+        return time.monotonic() - self.t0
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def save(self) -> Path:
+        node = self.node
+        meta: dict[str, Any] = {
+            "site": SERVER,
+            "method": self.opts.method,
+            "seed": self.cfg.seed,
+            "incarnation": self.incarnation,
+            "rounds": node.state.rounds,
+            "pending_step": node.state.pending_step,
+            "seq": dict(node._seq),
+            "peers": {
+                s: {"last_seq": p.last_seq, "active": p.active} for s, p in node.book.peers.items()
+            },
+        }
+        return save_checkpoint(
+            self.ckpt_dir,
+            {"state.w": node.state.w},
+            meta,
+            model_fingerprint=self.flat.fingerprint(),
+            keep=self.cfg.deploy.checkpoints_kept,
+        )
+
+    def resume(self) -> None:
+        ckpt = load_latest(self.ckpt_dir, self.flat.fingerprint())
+        if ckpt is None:
+            log.info("server: no checkpoint to resume from; starting fresh")
+            return
+        meta = ckpt.meta
+        if meta.get("site") != SERVER or meta.get("method") != self.opts.method:
+            raise ConfigError(
+                f"{ckpt.path}: written by {meta.get('site')!r} / method {meta.get('method')!r}, "
+                f"not the {self.opts.method} server"
+            )
+        node = self.node
+        node.state.w.copy_(ckpt.tensors["state.w"])
+        node.state.rounds = int(meta["rounds"])
+        node.state.pending_step = int(meta["pending_step"])
+        self.incarnation = int(meta["incarnation"]) + 1
+        base = self.incarnation << SEQ_EPOCH_BITS
+        node._seq = {s: max(int(meta["seq"].get(s, 0)), base) for s in node._seq}
+        for s, p in node.book.peers.items():
+            if s in meta["peers"]:
+                p.last_seq = int(meta["peers"][s]["last_seq"])
+        self.resumed_from = ckpt.index
+        node.events.append(
+            Event(
+                self._clock(),
+                SERVER,
+                "resumed",
+                detail=f"checkpoint {ckpt.index} round {node.state.rounds}",
+            )
+        )
+        log.info("server: resumed from checkpoint %d at round %d", ckpt.index, node.state.rounds)
+
+    # ---- the loop -------------------------------------------------------------------------
+    def loop(self, stop: threading.Event) -> str:
+        d, node = self.cfg.deploy, self.node
+        deadline = time.monotonic() + d.max_wall_s
+        every = max(1, d.checkpoint_every // self.cfg.network.exchange_every)
+        start_rounds = node.state.rounds
+        while node.state.rounds < self.target_rounds:
+            if stop.is_set():
+                return "stopped"
+            if time.monotonic() > deadline:
+                log.warning("server: deploy.max_wall_s reached; stopping")
+                return "stopped"
+            hear_heartbeats(node.book, self.transport, self._clock())
+            if node.tick():
+                if d.checkpoint_every and node.state.rounds % every == 0:
+                    self.save()
+                continue
+            if node.state.rounds > start_rounds and not any(
+                p.active for p in node.book.peers.values()
+            ):
+                log.warning("server: no site heard for %.0f s; stopping", d.inactive_after_s)
+                return "finished"
+            stop.wait(_IDLE_SLEEP_S)
+        if not self.transport.flush(d.linger_max_s):
+            log.warning("server: the last global model did not reach every live site")
+        return "finished"
+
+    # ---- outputs --------------------------------------------------------------------------
+    def write_outputs(self, status: str, wall: float) -> None:
+        method, node, run = self.opts.method, self.node, self.run
+        atomic_write_bytes(run.config, dump_config(self.cfg).encode())
+        sent = self.transport.stats()
+        received = node.book.stats()
+        edges = [
+            edge_summary(
+                SERVER,
+                s,
+                (s, SERVER),
+                sent,
+                received,
+                node.book.peers[s].active,
+                sum(1 for e in node.events if e.kind == "edge_inactive" and e.peer == s),
+            )
+            for s in self.plan.sites
+        ]
+        events = [
+            {"time": e.time, "site": e.site, "kind": e.kind, "peer": e.peer, "detail": e.detail}
+            for e in node.events
+        ]
+        events += [
+            {
+                "time": t - self.wall0,
+                "site": SERVER,
+                "kind": f"transport_{new}",
+                "peer": nbr,
+                "detail": f"was {old}",
+            }
+            for t, nbr, old, new in self.transport.neighbour_events()
+        ]
+        events.sort(key=lambda e: (e["time"], e["kind"], e["peer"] or ""))
+        write_json(run.history(method), {"events": events, "rounds": node.state.rounds})
+        write_json(
+            run.network_json,
+            {
+                "topology": {
+                    "kind": "star",
+                    "nodes": [*self.plan.sites, SERVER],
+                    "edges": [[s, SERVER] for s in self.plan.sites],
+                },
+                "methods": {method: {"edges": edges, "isolated_sites": [], "dead_sites": []}},
+            },
+        )
+        write_json(
+            run.root / "node.json",
+            {
+                "site": SERVER,
+                "method": method,
+                "status": status,
+                "rounds": node.state.rounds,
+                "target_rounds": self.target_rounds,
+                "resumed_from_checkpoint": self.resumed_from,
+                "incarnation": self.incarnation,
+                "active_sites": [s for s, p in node.book.peers.items() if p.active],
+                "wall_seconds": wall,
+                "started": self.started,
+                "command": self.opts.command,
+                "hospitalnet": __version__,
+            },
+        )
+
+
+def run_server(
+    opts: ServerRunOptions, cfg: ExperimentConfig, stop: threading.Event | None = None
+) -> ServerOutcome:
+    """Serve FedAvg/FedProx rounds until the last one, ``stop`` (SIGTERM) or the deadline;
+    checkpoint and write the server's run directory."""
+    stop = stop or threading.Event()
+    if not opts.resume and any((opts.out / "checkpoints").glob("ckpt-*.json")):
+        raise ConfigError(
+            f"{opts.out}: holds checkpoints of an earlier run; use --resume or another --out"
+        )
+    t0 = time.monotonic()
+    run = _ServerRun(opts, cfg)
+    try:
+        if opts.resume:
+            run.resume()
+        status = run.loop(stop)
+        run.save()
+        run.write_outputs(status, time.monotonic() - t0)
+    finally:
+        run.transport.close()
+    log.info("server: %s after %d rounds", status, run.node.state.rounds)
+    return ServerOutcome(status, run.node.state.rounds, time.monotonic() - t0)
+
+
+__all__ = ["ServerOutcome", "ServerRunOptions", "run_server"]
