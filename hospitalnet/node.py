@@ -83,6 +83,7 @@ from hospitalnet.site import (
 )
 from hospitalnet.topology import isolated
 from hospitalnet.training.objective import ChestXrayObjective, predict_proba
+from hospitalnet.training.schedule import lr_schedule
 from hospitalnet.transport.base import EdgeStats, Transport
 from hospitalnet.transport.grpc import GrpcTransport, TransportLimits
 
@@ -334,6 +335,7 @@ class _SiteRun:
             rules,
             self._clock,
             steps=cfg.training.local_steps,
+            lr_schedule=lr_schedule(cfg.training, cfg.training.local_steps),
             linger=cfg.network.linger,
         )
         self.plan = plan

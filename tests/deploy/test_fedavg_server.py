@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from conftest import last_checkpoint, wait_for
 
+from hospitalnet.config import dump_config
 from hospitalnet.experiment import train_method
 from hospitalnet.launch import (
     collect_method,
@@ -54,9 +55,12 @@ def _history_events(node_dir, method):
 def test_fedavg_over_nine_processes_computes_what_the_simulation_computes(
     network, processes, tmp_path
 ):
-    # prepare: unpaced; the in-process reference on the same world and config
+    # prepare: unpaced, with a cosine step-size schedule; the in-process reference on the same
+    # world and config
     cfg, layout, world = network(step_interval_s=0.0, local_steps=24)
-    cfg = cfg.model_copy(update={"methods": ["fedavg"]})
+    training = cfg.training.model_copy(update={"lr_schedule": "cosine"})
+    cfg = cfg.model_copy(update={"methods": ["fedavg"], "training": training})
+    layout.config_path.write_text(dump_config(cfg))
     model = build_model(cfg.model, int_seed(cfg.seed, "model", "init"))
     flat = FlatParams(model, cfg.model.name)
     w0 = flat.flat.detach().clone()
