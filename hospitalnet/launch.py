@@ -144,9 +144,16 @@ def prepare_network(
 
 
 def start_node(
-    layout: NetworkLayout, site: str, method: str, *, resume: bool = False
+    layout: NetworkLayout,
+    site: str,
+    method: str,
+    *,
+    resume: bool = False,
+    start_file: Path | None = None,
 ) -> subprocess.Popen:
-    """Start ``hospitalnet site run`` for ``site`` as a child process (log next to its folder)."""
+    """Start ``hospitalnet site run`` for ``site`` as a child process (log next to its folder).
+
+    With ``start_file`` the site waits, once ready, until :func:`release_start` writes it."""
     argv = [
         "site",
         "run",
@@ -168,7 +175,40 @@ def start_node(
         "--threads",
         "1",
     ]
-    return _spawn(argv + (["--resume"] if resume else []), layout.node_dir(method, site))
+    if resume:
+        argv.append("--resume")
+    if start_file is not None:
+        argv += ["--start-file", str(start_file)]
+    return _spawn(argv, layout.node_dir(method, site))
+
+
+def release_start(
+    layout: NetworkLayout,
+    method: str,
+    procs: dict[str, subprocess.Popen],
+    start_file: Path,
+    timeout_s: float,
+    lead_s: float = 0.3,
+) -> list[str]:
+    """Once every site wrote ``ready.json`` (or exited, or ``timeout_s`` passed), write the
+    common start time (``lead_s`` from now) to ``start_file``; return the sites that were late.
+
+    Eight processes starting on a small machine become ready seconds apart; started as they
+    come, they would train out of phase for the whole run (see ``_SiteRun.wait_for_start``).
+    """
+    deadline = time.monotonic() + timeout_s
+    waiting = [s for s in layout.sites if s in procs]
+    while waiting and time.monotonic() < deadline:
+        waiting = [
+            s
+            for s in waiting
+            if procs[s].poll() is None and not (layout.node_dir(method, s) / "ready.json").is_file()
+        ]
+        time.sleep(0.05)
+    if waiting:
+        log.warning("%s: not ready by the start: %s", method, ", ".join(waiting))
+    atomic_write_bytes(start_file, f"{time.time() + lead_s:.6f}\n".encode())
+    return waiting
 
 
 def start_server(layout: NetworkLayout, method: str, *, resume: bool = False) -> subprocess.Popen:
@@ -340,8 +380,12 @@ def run_method_processes(
     procs: dict[str, subprocess.Popen] = {}
     if make_algorithm(method, cfg.ecl, cfg.fedprox).uses_server:
         procs[SERVER] = start_server(layout, method)
-    procs.update({site: start_node(layout, site, method) for site in layout.sites})
+    start_file = layout.root / "nodes" / method / "start"
+    procs.update(
+        {site: start_node(layout, site, method, start_file=start_file) for site in layout.sites}
+    )
     try:
+        release_start(layout, method, procs, start_file, cfg.deploy.startup_wait_s)
         codes = wait_nodes(procs, node_timeout(cfg))
     finally:
         for proc in procs.values():  # never leave a child behind (e.g. on Ctrl-C)
@@ -486,6 +530,7 @@ __all__ = [
     "collect_method",
     "free_port",
     "prepare_network",
+    "release_start",
     "run_method_processes",
     "run_processes",
     "start_node",

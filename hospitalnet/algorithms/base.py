@@ -156,6 +156,10 @@ class Algorithm(ABC):
         state.lr = float(lr)
         return state
 
+    def restarted(self, state: Any) -> Any:
+        """The site resumed from a checkpoint: whatever was sent to it since is lost."""
+        return state
+
     def finalize(self, state: Any) -> torch.Tensor:
         """The site's final model (a new tensor)."""
         return self.params(state).detach().clone()

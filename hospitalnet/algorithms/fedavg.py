@@ -90,6 +90,13 @@ class FedAvg(Algorithm):
             state.rounds += 1
         return state
 
+    def restarted(self, state: FedAvgState) -> FedAvgState:
+        # A checkpoint taken right after a send says "waiting", but the global model of that
+        # round may have reached the process that died; waiting for it again would wait for
+        # ever (the server has moved on and needs this site's next model). Step on instead.
+        state.waiting = False
+        return state
+
     def set_edge_active(self, state: FedAvgState, neighbour: str, active: bool) -> FedAvgState:
         state.server_active = active
         return state

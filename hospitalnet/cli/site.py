@@ -2,11 +2,13 @@
 
     hospitalnet site run sites/n3.yaml [--config FILE] [--out DIR] [--resume] [--pki DIR]
                          [--listen HOST:PORT] [--network FILE] [--method ecl]
+                         [--start-at TIME]
 
 The node trains with the configured method (ECL by default) and exchanges with its neighbours
 over gRPC with mutual TLS. Neighbour addresses come from ``--network FILE`` when given (see
 ``hospitalnet.plan``), else from the manifest's ``network`` section; certificates from ``--pki``
-(``ca.pem``, ``SITE.pem``, ``SITE.key``) or the manifest. SIGTERM (or Ctrl-C) writes a final
+(``ca.pem``, ``SITE.pem``, ``SITE.key``) or the manifest. ``--start-at TIME`` holds training
+until an agreed time, so that the hospitals start in step. SIGTERM (or Ctrl-C) writes a final
 checkpoint and exits 0; ``--resume`` continues from the newest good checkpoint in ``--out``.
 """
 
@@ -18,6 +20,7 @@ import shlex
 import signal
 import sys
 import threading
+from datetime import datetime
 from pathlib import Path
 
 from hospitalnet.config import load_config
@@ -47,7 +50,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--cache", type=Path, default=None, help="decoded-image cache folder")
     r.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    r.add_argument(
+        "--start-at",
+        type=_start_time,
+        default=None,
+        help="do not start training before this time (ISO 8601, e.g. 2026-12-01T09:00:00Z, or "
+        "epoch seconds): hospitals that agree on it start in step",
+    )
+    r.add_argument(
+        "--start-file",
+        type=Path,
+        default=None,
+        help="for launchers: after writing OUT/ready.json, wait until FILE exists (it holds the "
+        "start time in epoch seconds)",
+    )
     r.set_defaults(func=run)
+
+
+def _start_time(text: str) -> float:
+    """Epoch seconds from ``--start-at`` (a number, or ISO 8601 with a time zone)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected ISO 8601 (2026-12-01T09:00:00Z) or epoch seconds"
+        ) from None
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a time zone, e.g. a trailing Z for UTC")
+    return when.timestamp()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         listen=args.listen,
         global_manifest=args.global_test,
         cache_dir=args.cache,
+        start_at=args.start_at,
+        start_file=args.start_file,
         command="hospitalnet " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     outcome = run_site(opts, cfg, stop)

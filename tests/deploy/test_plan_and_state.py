@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 
 from hospitalnet.algorithms import make_algorithm, make_context, site_weights
 from hospitalnet.checkpoint import load_latest, save_checkpoint
+from hospitalnet.cli.site import _start_time
 from hospitalnet.config import ECLConfig
 from hospitalnet.data.manifest import SiteManifest
 from hospitalnet.errors import ConfigError
@@ -128,3 +131,44 @@ def test_ecl_state_survives_a_checkpoint_and_continues_identically(tmp_path):
     for j in ("b", "c"):
         torch.testing.assert_close(resumed.z[j], straight.z[j], rtol=1e-6, atol=1e-6)
     assert "state.coupling" not in tensors  # a cache, re-summed after the restore
+
+
+def test_a_fedavg_site_restored_while_waiting_steps_on_instead_of_waiting_for_ever(tmp_path):
+    # prepare: a FedAvg site right after its round-2 send (K = 4), checkpointed in that state
+    algo = make_algorithm("fedavg")
+    topo = from_edges(["a"], [])
+    ctx = make_context(
+        topo, "a", w0=torch.zeros(3), num_samples={"a": 10}, weights={"a": 1.0}, lr=0.1,
+        weight_decay=0.0, exchange_every=4, neighbours=("server",),
+    )  # fmt: skip
+    state = algo.init(ctx)
+    for _ in range(8):
+        state = algo.local_step(state, 1.0, torch.ones(3))
+    assert not algo.ready(state)  # waiting for the global model of round 2
+    tensors, meta = state_to_checkpoint(state)
+
+    # execute: the restarted process restores it
+    restored = restore_state(algo.init(ctx), tensors, meta)
+    restored = algo.restarted(restored)
+
+    # assert: same model and counters, but not waiting (that global model went to the dead
+    # process); its next send is the one after step 12
+    torch.testing.assert_close(restored.w, torch.full((3,), -0.8))
+    assert restored.steps == 8 and algo.ready(restored)
+    for _ in range(4):
+        restored = algo.local_step(restored, 1.0, torch.ones(3))
+    assert not algo.ready(restored)
+
+
+@pytest.mark.parametrize(
+    ("text", "epoch"),
+    [("1796025600", 1796025600.0), ("2026-12-01T09:00:00Z", 1796115600.0)],
+)
+def test_start_at_takes_epoch_seconds_or_iso_8601_with_a_time_zone(text, epoch):
+    assert _start_time(text) == epoch
+
+
+@pytest.mark.parametrize("text", ["2026-12-01T09:00:00", "tomorrow"])
+def test_start_at_without_a_time_zone_or_unreadable_is_refused(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="2026-12-01T09:00:00"):
+        _start_time(text)
