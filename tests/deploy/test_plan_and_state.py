@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,13 +11,13 @@ import torch
 from hospitalnet.algorithms import make_algorithm, make_context, site_weights
 from hospitalnet.checkpoint import load_latest, save_checkpoint
 from hospitalnet.cli.site import _start_time
-from hospitalnet.config import ECLConfig
-from hospitalnet.data.manifest import SiteManifest
+from hospitalnet.config import ECLConfig, ExperimentConfig
+from hospitalnet.data.manifest import SiteManifest, load_manifest
 from hospitalnet.errors import ConfigError
 from hospitalnet.messages import Message, MessageKind
 from hospitalnet.node import restore_state, state_to_checkpoint
 from hospitalnet.plan import load_plan, plan_from_manifest, write_plan
-from hospitalnet.topology import from_edges
+from hospitalnet.topology import build_topology, from_edges
 
 
 def test_plan_file_round_trip_keeps_site_order_edges_addresses_and_sizes(tmp_path):
@@ -172,3 +173,23 @@ def test_start_at_takes_epoch_seconds_or_iso_8601_with_a_time_zone(text, epoch):
 def test_start_at_without_a_time_zone_or_unreadable_is_refused(text):
     with pytest.raises(argparse.ArgumentTypeError, match="2026-12-01T09:00:00"):
         _start_time(text)
+
+
+def test_the_shipped_plan_matches_the_shipped_manifests_and_the_default_topology():
+    # prepare: sites/network.yaml, sites/n*.yaml and the default config's topology
+    sites_dir = Path(__file__).resolve().parents[2] / "sites"
+    plan = load_plan(sites_dir / "network.yaml")
+    manifests = {p.stem: load_manifest(p)[0] for p in sorted(sites_dir.glob("n[0-9]*.yaml"))}
+    cfg = ExperimentConfig()
+    default = build_topology(cfg.topology, list(plan.sites), cfg.seed)
+
+    # assert: same sites, edges, addresses and neighbours; a server and every size
+    assert plan.sites == tuple(manifests) == tuple(f"n{k}" for k in range(1, 9))
+    assert plan.edges == default.edges
+    for site, manifest in manifests.items():
+        assert plan.addresses[site] == manifest.network.address
+        assert set(manifest.network.neighbours) == set(plan.topology().neighbours(site))
+        for nbr, address in manifest.network.neighbours.items():
+            assert plan.addresses[nbr] == address
+    assert plan.server_address == "127.0.0.1:50050"
+    assert set(plan.train_samples) == set(plan.sites)
