@@ -129,8 +129,9 @@ class SiteRunOptions:
     listen:
         ``host:port`` to listen on; None = the plan's / manifest's address for this site.
     global_manifest:
-        Manifest of the shared evaluation set; None = ``../global/global.yaml`` next to the
-        manifest's folder when it exists (the synthetic world's layout).
+        Manifest of the shared evaluation set; None = the synthetic world's, when it exists:
+        ``../global/global.yaml`` next to the manifest's folder, or ``sites/global/global.yaml``
+        beside the data root (what the shipped ``sites/n*.yaml`` read).
     cache_dir:
         Decoded-tensor cache; None = no cache.
     start_at:
@@ -227,7 +228,7 @@ class _SiteRun:
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.run = RunDir(opts.out)
         self.ckpt_dir = self.run.root / "checkpoints"
-        manifest, _ = load_manifest(opts.manifest)
+        manifest, data_root = load_manifest(opts.manifest)
         self.manifest = manifest
         self.site = manifest.site
         # ---- data ----
@@ -236,9 +237,12 @@ class _SiteRun:
         if len(self.train) == 0:
             raise DataError(f"site {self.site}: no training images; it cannot take part")
         gm = opts.global_manifest
-        if gm is None:
-            guess = opts.manifest.resolve().parent.parent / GLOBAL / f"{GLOBAL}.yaml"
-            gm = guess if guess.is_file() else None
+        if gm is None:  # the synthetic world's layout: WORLD/sites/{n3,global}/, WORLD/nih/
+            guesses = [
+                opts.manifest.resolve().parent.parent / GLOBAL / f"{GLOBAL}.yaml",
+                data_root.parent / "sites" / GLOBAL / f"{GLOBAL}.yaml",
+            ]
+            gm = next((g for g in guesses if g.is_file()), None)
         self.global_test = (
             Split.of(load_site(gm, cfg.data.image_size, opts.cache_dir, progress=False), "test")
             if gm is not None
