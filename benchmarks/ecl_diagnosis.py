@@ -59,7 +59,13 @@ def variants(etas: list[float], long_steps: int) -> list[tuple[str, str, str, di
         ("ecl", "reference", "ecl", {}),
         ("gossip", "reference", "gossip", {}),
     ]
+    out.append(("fedavg", "reference", "fedavg", {}))
     out += [(f"ecl eta={e:g}", "coupling", "ecl", {"ecl": {"eta": e}}) for e in etas]
+    out += [
+        (f"ecl eta={e:g} uniform", "coupling+weighting", "ecl",
+         {"ecl": {"eta": e, "site_weighting": "uniform"}})
+        for e in etas
+    ]  # fmt: skip
     out += [
         ("ecl uniform", "weighting", "ecl", {"ecl": {"site_weighting": "uniform"}}),
         ("ecl dual_init=zero", "duals init", "ecl", {"ecl": {"dual_init": "zero"}}),
@@ -133,6 +139,9 @@ def main() -> int:
     ap.add_argument("--long-steps", type=int, default=2000, help="0: skip the length runs")
     ap.add_argument("--out", default=None, help="JSON (default results/ecl_diagnosis.json)")
     ap.add_argument("--smoke", action="store_true", help="quick.yaml, one seed, few steps")
+    ap.add_argument(
+        "--only", default="", help="comma-separated variant names to run (default: all)"
+    )
     args = ap.parse_args()
     if args.smoke:
         args.config, args.seeds, args.long_steps = str(ROOT / "configs" / "quick.yaml"), 1, 48
@@ -143,7 +152,10 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     for seed in range(args.seeds):
         pooled_by_steps: dict[int, float] = {}
+        only = {v.strip() for v in args.only.split(",") if v.strip()}
         for name, tests, method, overrides in variants(etas, args.long_steps):
+            if only and name not in only:
+                continue
             cfg = with_overrides(base, seed=seed, **overrides)
             row = {"variant": name, "tests": tests, "method": method, "seed": seed}
             row.update(run_variant(cfg, worlds.get(cfg), method))
