@@ -47,14 +47,13 @@ import numpy as np  # noqa: E402
 from benchmarks._common import command, machine, output_path, save, spread  # noqa: E402
 from evaluation.metrics import macro_of_predictions  # noqa: E402
 from hospitalnet.algorithms import make_algorithm  # noqa: E402
+from hospitalnet.assembly import initial_model  # noqa: E402
 from hospitalnet.config import ExperimentConfig, load_config  # noqa: E402
 from hospitalnet.errors import HospitalnetError  # noqa: E402
-from hospitalnet.experiment import GLOBAL, POOLED, World, load_world, train_method  # noqa: E402
-from hospitalnet.models import build_model  # noqa: E402
-from hospitalnet.models.flat import FlatParams  # noqa: E402
+from hospitalnet.experiment import POOLED, train_method  # noqa: E402
 from hospitalnet.rundir import key  # noqa: E402
-from hospitalnet.seeding import int_seed  # noqa: E402
-from hospitalnet.world import ensure_world, world_dir  # noqa: E402
+from hospitalnet.rundir_schema import GLOBAL  # noqa: E402
+from hospitalnet.world import World, ensure_world, load_world, world_dir  # noqa: E402
 
 METHODS = ["ecl", "ecl-admm", "ecl-isvr", "gossip", "fedavg", "fedprox", "local", "pooled"]
 METRICS = ("mean_site_macro_auroc", "worst_site_macro_auroc", "gap_to_pooled")
@@ -105,8 +104,7 @@ def site_macros(stored: dict, world: World) -> dict[str, float | None]:
 
 def run_one(cfg: ExperimentConfig, world: World, method: str, progress: bool) -> dict[str, Any]:
     """Train ``method`` once; its per-site macro AUROCs, wall time and step rate (or its error)."""
-    model = build_model(cfg.model, int_seed(cfg.seed, "model", "init"))
-    flat = FlatParams(model, cfg.model.name)
+    flat = initial_model(cfg)
     w0 = flat.flat.detach().clone()
     t0 = time.perf_counter()
     try:

@@ -28,12 +28,12 @@ import numpy as np  # noqa: E402
 from benchmarks._common import command, machine, output_path, save, spread  # noqa: E402
 from benchmarks.accuracy import Worlds, with_overrides  # noqa: E402
 from evaluation.metrics import evaluate_testset  # noqa: E402
+from hospitalnet.assembly import initial_model  # noqa: E402
 from hospitalnet.config import load_config  # noqa: E402
-from hospitalnet.experiment import GLOBAL, POOLED, train_method  # noqa: E402
+from hospitalnet.experiment import POOLED, train_method  # noqa: E402
 from hospitalnet.labels import LABELS  # noqa: E402
-from hospitalnet.models import build_model  # noqa: E402
-from hospitalnet.models.flat import FlatParams  # noqa: E402
 from hospitalnet.rundir import key  # noqa: E402
+from hospitalnet.rundir_schema import GLOBAL  # noqa: E402
 from hospitalnet.seeding import int_seed  # noqa: E402
 
 
@@ -60,8 +60,7 @@ def main() -> int:
         for seed in range(args.seeds):
             cfg = with_overrides(base, seed=seed, training={"local_steps": steps})
             world = worlds.get(cfg)
-            model = build_model(cfg.model, int_seed(cfg.seed, "model", "init"))
-            flat = FlatParams(model, cfg.model.name)
+            flat = initial_model(cfg)
             _, stored, wall = train_method(
                 POOLED, cfg, world, flat, flat.flat.detach().clone(), progress=False
             )

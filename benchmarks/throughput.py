@@ -45,14 +45,14 @@ import yaml  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from benchmarks._common import command, machine, output_path, save, spread  # noqa: E402
+from hospitalnet.assembly import initial_model  # noqa: E402
 from hospitalnet.config import ExperimentConfig, load_config  # noqa: E402
-from hospitalnet.experiment import World, _pooled, load_world  # noqa: E402
 from hospitalnet.models import build_model  # noqa: E402
 from hospitalnet.models.flat import FlatParams  # noqa: E402
-from hospitalnet.seeding import int_seed, torch_generator  # noqa: E402
+from hospitalnet.seeding import torch_generator  # noqa: E402
 from hospitalnet.simulation import run_network, run_pooled  # noqa: E402
 from hospitalnet.training.objective import ChestXrayObjective  # noqa: E402
-from hospitalnet.world import ensure_world  # noqa: E402
+from hospitalnet.world import World, ensure_world, load_world  # noqa: E402
 
 
 def matmul_ceiling(n: int = 1024, repeats: int = 5) -> float:
@@ -90,10 +90,10 @@ class Runner:
 
     def __init__(self, cfg: ExperimentConfig, world: World, method: str, steps: int) -> None:
         self.cfg, self.world, self.method, self.steps = cfg, world, method, steps
-        self.flat = FlatParams(build_model(cfg.model, int_seed(cfg.seed, "model", "init")), "m")
+        self.flat = initial_model(cfg)
         self.w0 = self.flat.flat.detach().clone()
         self.batch = cfg.training.batch_size
-        self.pooled = _pooled(world)
+        self.pooled = world.pooled_train()
         self.n_sites = len(world.train)
 
     def simulation(self, rep: int) -> float:

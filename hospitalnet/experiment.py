@@ -7,12 +7,10 @@ and pictures are the ``evaluation`` package's job (``hospitalnet report`` re-ren
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,81 +19,20 @@ import torch
 from tqdm import tqdm
 
 from hospitalnet import __version__
+from hospitalnet.assembly import initial_model, site_objective
 from hospitalnet.config import ExperimentConfig, dump_config
-from hospitalnet.data.dataset import SiteTensors, load_site
-from hospitalnet.data.manifest import load_manifest
-from hospitalnet.errors import ConfigError, DataError
+from hospitalnet.errors import ConfigError
 from hospitalnet.labels import LABELS
-from hospitalnet.models import build_model
 from hospitalnet.models.flat import FlatParams
 from hospitalnet.rundir import RunDir, atomic_write_bytes, key, write_arrays, write_json
-from hospitalnet.seeding import int_seed, torch_generator
+from hospitalnet.rundir_schema import GLOBAL
 from hospitalnet.simulation import SimulationResult, run_network, run_pooled
-from hospitalnet.training.objective import ChestXrayObjective, predict_proba
+from hospitalnet.training.objective import predict_proba
 from hospitalnet.training.schedule import lr_schedule
-from hospitalnet.world import ensure_world
+from hospitalnet.world import World, ensure_world, load_world
 
 log = logging.getLogger(__name__)
 POOLED = "pooled"
-GLOBAL = "global"
-
-
-@dataclass(frozen=True)
-class Split:
-    """One split of a site's decoded images: what training and evaluation need."""
-
-    images: torch.Tensor  # uint8 [N, 1, S, S]
-    labels: torch.Tensor  # float32 [N, 14], NaN = unknown
-    patients: torch.Tensor  # int64 [N] pseudonymous codes
-
-    @classmethod
-    def of(cls, tensors: SiteTensors, split: str) -> Split:
-        idx = torch.from_numpy(tensors.indices(split))
-        return cls(tensors.images[idx], tensors.labels[idx], tensors.patients[idx])
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-
-@dataclass
-class World:
-    """The decoded data of a run: each site's train / local-test tensors and the global test set."""
-
-    train: dict[str, Split]
-    local_test: dict[str, Split]
-    global_test: Split
-    loaders: dict[str, str]
-    descriptions: dict[str, str]
-    partition: dict
-
-
-def load_world(cfg: ExperimentConfig, root: Path, *, progress: bool) -> World:
-    partition = json.loads((root / "partition.json").read_text())
-    cache = root / "cache"
-    train, local, loaders, descriptions = {}, {}, {}, {}
-    for site in tqdm(
-        list(partition["sites"]), desc="load sites", unit="site", disable=not progress
-    ):
-        manifest_path = root / "sites" / site / f"{site}.yaml"
-        manifest, _ = load_manifest(manifest_path)
-        tensors = load_site(manifest_path, cfg.data.image_size, cache, progress=progress)
-        train[site], local[site] = Split.of(tensors, "train"), Split.of(tensors, "test")
-        loaders[site], descriptions[site] = manifest.data.loader, manifest.description
-        if len(train[site]) == 0:
-            raise DataError(f"site {site}: no training images; it cannot take part")
-    global_test = load_site(
-        root / "sites" / GLOBAL / f"{GLOBAL}.yaml", cfg.data.image_size, cache, progress=progress
-    )
-    return World(train, local, Split.of(global_test, "test"), loaders, descriptions, partition)
-
-
-def _pooled(world: World) -> Split:
-    parts = list(world.train.values())
-    return Split(
-        torch.cat([p.images for p in parts]),
-        torch.cat([p.labels for p in parts]),
-        torch.zeros(0, dtype=torch.int64),
-    )
 
 
 def train_method(
@@ -154,13 +91,9 @@ def train_method(
     t0 = time.perf_counter()
     seed = cfg.seed
     if method == POOLED:
-        pooled = _pooled(world)
-        obj = ChestXrayObjective(
-            flat,
-            pooled.images,
-            pooled.labels,
-            images_per_step,
-            torch_generator(seed, "batches", POOLED),
+        pooled = world.pooled_train()
+        obj = site_objective(
+            cfg, flat, pooled.images, pooled.labels, POOLED, batch_size=images_per_step
         )
         result = run_pooled(
             obj,
@@ -176,12 +109,8 @@ def train_method(
         finals = {site: result.params[POOLED] for site in sites}
     else:
         objectives = {
-            site: ChestXrayObjective(
-                flat,
-                world.train[site].images,
-                world.train[site].labels,
-                batch,
-                torch_generator(seed, "batches", site),
+            site: site_objective(
+                cfg, flat, world.train[site].images, world.train[site].labels, site
             )
             for site in sites
         }
@@ -339,8 +268,7 @@ def run_experiment(
     )
     device = torch.device("cuda" if want_cuda else "cpu")
     # Site images stay on the host as uint8; each minibatch moves to the device when drawn.
-    model = build_model(cfg.model, int_seed(cfg.seed, "model", "init")).to(device)
-    flat = FlatParams(model, cfg.model.name)
+    flat = initial_model(cfg, device)
     w0 = flat.flat.detach().clone()
 
     testsets = {

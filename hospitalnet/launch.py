@@ -44,10 +44,9 @@ import hospitalnet
 from hospitalnet import __version__, pki
 from hospitalnet.algorithms import make_algorithm
 from hospitalnet.algorithms.fedavg import SERVER
+from hospitalnet.assembly import initial_model
 from hospitalnet.config import ExperimentConfig, dump_config
-from hospitalnet.experiment import GLOBAL, POOLED, World, data_summary, load_world, train_method
-from hospitalnet.models import build_model
-from hospitalnet.models.flat import FlatParams
+from hospitalnet.experiment import POOLED, data_summary, train_method
 from hospitalnet.node import node_status
 from hospitalnet.plan import NetworkPlan, write_plan
 from hospitalnet.rundir import (
@@ -59,9 +58,9 @@ from hospitalnet.rundir import (
     write_json,
 )
 from hospitalnet.rundir import read_json as read_json_file
-from hospitalnet.seeding import int_seed
+from hospitalnet.rundir_schema import GLOBAL
 from hospitalnet.topology import build_topology
-from hospitalnet.world import ensure_world
+from hospitalnet.world import World, ensure_world, load_world
 
 log = logging.getLogger(__name__)
 
@@ -500,8 +499,7 @@ def run_processes(
         )
     if POOLED in cfg.methods:
         # the centralised reference is not a hospital: trained here, exactly as in-process
-        model = build_model(cfg.model, int_seed(cfg.seed, "model", "init"))
-        flat = FlatParams(model, cfg.model.name)
+        flat = initial_model(cfg)
         w0 = flat.flat.detach().clone()
         _, stored, wall = train_method(POOLED, cfg, world, flat, w0, progress=progress)
         results[POOLED] = MethodRun(

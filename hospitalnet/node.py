@@ -46,8 +46,15 @@ import numpy as np
 import torch
 
 from hospitalnet import __version__
-from hospitalnet.algorithms import make_algorithm, make_context, site_weights
+from hospitalnet.algorithms import make_algorithm
 from hospitalnet.algorithms.fedavg import SERVER
+from hospitalnet.assembly import (
+    build_site,
+    initial_model,
+    site_neighbours,
+    site_objective,
+    site_rules,
+)
 from hospitalnet.checkpoint import (
     load_latest,
     save_checkpoint,
@@ -56,11 +63,8 @@ from hospitalnet.config import ExperimentConfig, dump_config
 from hospitalnet.data.dataset import load_site
 from hospitalnet.data.manifest import load_manifest
 from hospitalnet.errors import ConfigError, DataError
-from hospitalnet.experiment import GLOBAL, Split
 from hospitalnet.labels import LABELS
 from hospitalnet.messages import Message
-from hospitalnet.models import build_model
-from hospitalnet.models.flat import FlatParams
 from hospitalnet.pki import credentials_from_identity, site_credentials
 from hospitalnet.plan import NetworkPlan, plan_from_manifest
 from hospitalnet.rundir import (
@@ -71,21 +75,17 @@ from hospitalnet.rundir import (
     write_arrays,
     write_json,
 )
-from hospitalnet.seeding import int_seed, torch_generator
+from hospitalnet.rundir_schema import GLOBAL
 from hospitalnet.site import (
     Event,
-    ExchangeSchedule,
     PeerBook,
     SiteFailure,
-    SiteNode,
-    SiteRules,
     TickResult,
 )
-from hospitalnet.topology import isolated
-from hospitalnet.training.objective import ChestXrayObjective, predict_proba
-from hospitalnet.training.schedule import lr_schedule
+from hospitalnet.training.objective import predict_proba
 from hospitalnet.transport.base import EdgeStats, Transport
 from hospitalnet.transport.grpc import GrpcTransport, TransportLimits
+from hospitalnet.world import Split
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,9 @@ def restore_state(state: Any, tensors: dict[str, torch.Tensor], meta: dict[str, 
 class _SiteRun:
     """Everything one site run holds (internal; :func:`run_site` is the entry point)."""
 
-    def __init__(self, opts: SiteRunOptions, cfg: ExperimentConfig) -> None:
+    def __init__(
+        self, opts: SiteRunOptions, cfg: ExperimentConfig, transport: Transport | None = None
+    ) -> None:
         self.opts, self.cfg = opts, cfg
         self.t0 = time.monotonic()
         self.wall0 = time.time()  # the transport reports wall-clock times
@@ -248,108 +250,33 @@ class _SiteRun:
             if gm is not None
             else None
         )
-        # ---- model and algorithm: as in experiment.run_experiment / simulation.run_network ----
-        model = build_model(cfg.model, int_seed(cfg.seed, "model", "init"))
-        self.flat = FlatParams(model, cfg.model.name)
+        # ---- the site, built as every runner builds it (hospitalnet.assembly) ----
+        self.flat = initial_model(cfg)
         w0 = self.flat.flat.detach().clone()
         self.algorithm = make_algorithm(opts.method, cfg.ecl, cfg.fedprox)
         plan = opts.plan or plan_from_manifest(manifest)
         if self.site not in plan.sites:
             raise ConfigError(f"network plan: site {self.site!r} is not in it")
-        topo = plan.topology()
-        if self.algorithm.uses_server:  # FedAvg/FedProx: a star around the server process
-            neighbours: tuple[str, ...] = (SERVER,)
-        elif self.algorithm.communicates:
-            neighbours = topo.neighbours(self.site)
-        else:
-            neighbours = ()
-        known = all(s in plan.train_samples for s in topo.nodes)
-        samples = dict(plan.train_samples) if known else {s: 1 for s in topo.nodes}
-        samples[self.site] = len(self.train)
-        weighting = self.algorithm.site_weighting if known else "uniform"
-        if not known and self.algorithm.site_weighting == "samples" and topo.neighbours(self.site):
-            log.warning(
-                "%s: the network plan has no training-set sizes; loss weights are 1 "
-                "(give --network FILE for the sample weighting)",
+        neighbours = site_neighbours(self.site, plan, self.algorithm)
+        self.objective = site_objective(
+            cfg, self.flat, self.train.images, self.train.labels, self.site
+        )
+        self.transport = transport or self._grpc_transport(plan, neighbours)
+        try:
+            self.node = build_site(
                 self.site,
+                plan,
+                cfg,
+                self.algorithm,
+                self.objective,
+                self.transport,
+                self._clock,
+                site_rules(cfg, "seconds"),
+                w0=w0,
             )
-        # as in simulation.run_network: a method that never sends, or only to the server, has no
-        # edges in the topology
-        server_mode = self.algorithm.uses_server
-        graph = topo if neighbours and not server_mode else isolated(topo.nodes)
-        ctx = make_context(
-            graph,
-            self.site,
-            neighbours=(SERVER,) if server_mode else None,
-            w0=w0,
-            num_samples=samples,
-            weights=site_weights(graph, samples, weighting),
-            lr=cfg.training.lr,
-            weight_decay=cfg.training.weight_decay,
-            exchange_every=cfg.network.exchange_every,
-        )
-        schedule = ExchangeSchedule.for_site(
-            self.site,
-            ctx.neighbours,
-            cfg.network.exchange_every,
-            cfg.seed,
-            staggered=self.algorithm.staggered and cfg.network.stagger_exchanges,
-        )
-        rules = SiteRules(
-            staleness_bound=cfg.network.staleness_bound,
-            inactive_after=cfg.deploy.inactive_after_s,
-            max_nonfinite_steps=cfg.network.max_nonfinite_steps,
-        )
-        self.objective = ChestXrayObjective(
-            self.flat,
-            self.train.images,
-            self.train.labels,
-            cfg.training.batch_size,
-            torch_generator(cfg.seed, "batches", self.site),
-        )
-        # ---- transport ----
-        self.transport: Transport
-        if neighbours:
-            creds = (
-                site_credentials(opts.pki_dir, self.site)
-                if opts.pki_dir is not None
-                else credentials_from_identity(manifest.network, self.site, opts.manifest.parent)
-            )
-            addresses = dict(plan.addresses)
-            if plan.server_address:
-                addresses[SERVER] = plan.server_address
-            missing = [j for j in neighbours if j not in addresses]
-            if missing == [SERVER]:
-                raise ConfigError(
-                    f"network plan: server.address: method {opts.method!r} needs the server's "
-                    "address (give --network FILE)"
-                )
-            if missing:
-                raise ConfigError(f"network plan: no address for neighbour {missing[0]!r}")
-            listen = opts.listen or plan.addresses.get(self.site) or manifest.network.address
-            self.transport = GrpcTransport(
-                self.site,
-                listen,
-                {j: addresses[j] for j in neighbours},
-                creds,
-                self.flat.fingerprint(),
-                self.flat.numel,
-                transport_limits(cfg),
-            )
-        else:
-            self.transport = _NoNetwork(self.site)
-        self.node = SiteNode(
-            ctx,
-            self.algorithm,
-            self.objective,
-            self.transport,
-            schedule,
-            rules,
-            self._clock,
-            steps=cfg.training.local_steps,
-            lr_schedule=lr_schedule(cfg.training, cfg.training.local_steps),
-            linger=cfg.network.linger,
-        )
+        except BaseException:
+            self.transport.close()  # a plan this site cannot use: nothing keeps running
+            raise
         self.plan = plan
         self.incarnation = 0
         self.resumed_from: int | None = None
@@ -360,6 +287,38 @@ class _SiteRun:
 
     def _clock(self) -> float:
         return time.monotonic() - self.t0
+
+    def _grpc_transport(self, plan: NetworkPlan, neighbours: tuple[str, ...]) -> Transport:
+        """gRPC with mutual TLS to ``neighbours`` (none: a transport that never sends)."""
+        opts, manifest = self.opts, self.manifest
+        if not neighbours:
+            return _NoNetwork(self.site)
+        creds = (
+            site_credentials(opts.pki_dir, self.site)
+            if opts.pki_dir is not None
+            else credentials_from_identity(manifest.network, self.site, opts.manifest.parent)
+        )
+        addresses = dict(plan.addresses)
+        if plan.server_address:
+            addresses[SERVER] = plan.server_address
+        missing = [j for j in neighbours if j not in addresses]
+        if missing == [SERVER]:
+            raise ConfigError(
+                f"network plan: server.address: method {opts.method!r} needs the server's "
+                "address (give --network FILE)"
+            )
+        if missing:
+            raise ConfigError(f"network plan: no address for neighbour {missing[0]!r}")
+        listen = opts.listen or plan.addresses.get(self.site) or manifest.network.address
+        return GrpcTransport(
+            self.site,
+            listen,
+            {j: addresses[j] for j in neighbours},
+            creds,
+            self.flat.fingerprint(),
+            self.flat.numel,
+            transport_limits(self.cfg),
+        )
 
     # ---- checkpoints ----------------------------------------------------------------------
     def save(self) -> Path:

@@ -15,8 +15,9 @@ gives it; every site of a network uses the same file::
 
 Without a plan file a site builds one from its manifest alone (``network.address`` and
 ``network.neighbours``): site order = the ids sorted, its own edges only, training-set sizes
-unknown, so the loss weights fall back to 1 (logged). On a regular graph (the default
-multiplex ring) the coupling weights are then exactly those of the simulation.
+unknown. Sample weighting (ECL's and gossip's default) then refuses to start, naming the missing
+``train_samples`` (:mod:`hospitalnet.assembly`); ``ecl.site_weighting: uniform`` trains with
+every loss weight 1.
 """
 
 from __future__ import annotations

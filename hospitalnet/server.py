@@ -40,18 +40,16 @@ from typing import Any
 
 from hospitalnet import __version__
 from hospitalnet.algorithms import make_algorithm
-from hospitalnet.algorithms.fedavg import SERVER, FedAvgServer
+from hospitalnet.algorithms.fedavg import SERVER
+from hospitalnet.assembly import build_server, initial_model, site_rules
 from hospitalnet.checkpoint import load_latest, save_checkpoint
 from hospitalnet.config import ExperimentConfig, dump_config
 from hospitalnet.errors import ConfigError
-from hospitalnet.models import build_model
-from hospitalnet.models.flat import FlatParams
 from hospitalnet.node import SEQ_EPOCH_BITS, edge_summary, hear_heartbeats, transport_limits
 from hospitalnet.pki import site_credentials
 from hospitalnet.plan import NetworkPlan
 from hospitalnet.rundir import RunDir, atomic_write_bytes, write_json
-from hospitalnet.seeding import int_seed
-from hospitalnet.site import Event, ServerNode, SiteRules
+from hospitalnet.site import Event
 from hospitalnet.transport.grpc import GrpcTransport
 
 log = logging.getLogger(__name__)
@@ -96,20 +94,13 @@ class _ServerRun:
                 f"method {opts.method!r} is peer to peer and has no server; use fedavg or fedprox"
             )
         plan = opts.plan
-        missing = [s for s in plan.sites if s not in plan.train_samples]
-        if missing:
-            raise ConfigError(
-                f"network plan: sites.{missing[0]}.train_samples: the server weights the average "
-                "by every site's training-set size"
-            )
         listen = opts.listen or plan.server_address
         if not listen:
             raise ConfigError("network plan: server.address: needed to run the server")
         no_address = [s for s in plan.sites if s not in plan.addresses]
         if no_address:
             raise ConfigError(f"network plan: sites.{no_address[0]}.address: missing")
-        model = build_model(cfg.model, int_seed(cfg.seed, "model", "init"))
-        self.flat = FlatParams(model, cfg.model.name)
+        self.flat = initial_model(cfg)
         w0 = self.flat.flat.detach().clone()
         self.transport = GrpcTransport(
             SERVER,
@@ -120,21 +111,13 @@ class _ServerRun:
             self.flat.numel,
             transport_limits(cfg),
         )
-        rules = SiteRules(
-            staleness_bound=cfg.network.staleness_bound,
-            inactive_after=cfg.deploy.inactive_after_s,
-            max_nonfinite_steps=cfg.network.max_nonfinite_steps,
-        )
-        server = FedAvgServer()
-        self.node = ServerNode(
-            SERVER,
-            server,
-            server.init({s: plan.train_samples[s] for s in plan.sites}, w0),
-            plan.sites,
-            self.transport,
-            rules,
-            self._clock,
-        )
+        try:
+            self.node = build_server(
+                plan, self.transport, self._clock, site_rules(cfg, "seconds"), w0=w0
+            )
+        except BaseException:
+            self.transport.close()  # a plan the server cannot use: nothing keeps running
+            raise
         self.plan = plan
         self.target_rounds = cfg.training.local_steps // cfg.network.exchange_every
         self.incarnation = 0

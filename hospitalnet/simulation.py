@@ -24,10 +24,11 @@ from typing import Any
 import torch
 
 from hospitalnet.algorithms import SERVER, Algorithm, make_algorithm
-from hospitalnet.algorithms.base import make_context, site_weights
-from hospitalnet.algorithms.fedavg import FedAvgServer
+from hospitalnet.algorithms.base import SiteContext
+from hospitalnet.assembly import build_server, build_site, site_rules
 from hospitalnet.config import (
     ECLConfig,
+    ExperimentConfig,
     FedProxConfig,
     NetworkConfig,
     TopologyConfig,
@@ -35,16 +36,9 @@ from hospitalnet.config import (
 )
 from hospitalnet.errors import ConfigError
 from hospitalnet.objective import LocalObjective
+from hospitalnet.plan import NetworkPlan
 from hospitalnet.seeding import numpy_rng
-from hospitalnet.site import (
-    Event,
-    ExchangeSchedule,
-    ServerNode,
-    SiteFailure,
-    SiteNode,
-    SiteRules,
-    TickResult,
-)
+from hospitalnet.site import Event, ServerNode, SiteFailure, SiteNode, TickResult
 from hospitalnet.topology import Topology, build_topology, isolated
 from hospitalnet.transport.base import EdgeStats
 from hospitalnet.transport.simulated import (
@@ -103,6 +97,9 @@ class SimulationResult:
         The graph the sites used (empty for local/pooled; the star is implicit for fedavg).
     finish_time:
         Virtual time at which each site finished (absent: it never did).
+    contexts:
+        What each site started with (neighbours, edge signs, loss weight, w0, step size), as
+        built by :func:`hospitalnet.assembly.build_site`.
     """
 
     method: str
@@ -119,6 +116,7 @@ class SimulationResult:
     nonfinite_steps: dict[str, int] = field(default_factory=dict)
     topology: Topology | None = None
     finish_time: dict[str, float] = field(default_factory=dict)
+    contexts: dict[str, SiteContext] = field(default_factory=dict)
 
     @property
     def messages_sent(self) -> int:
@@ -214,59 +212,37 @@ def run_network(
         raise ConfigError(f"network.site_speed: unknown site {unknown[0]!r}")
 
     server_mode = algorithm.uses_server
-    if not algorithm.communicates or server_mode:
-        topo = isolated(sites)
-    else:
-        topo = _resolve_topology(topology, sites, seed)
+    graph = None if not algorithm.communicates or server_mode else topology
+    topo = isolated(sites) if graph is None else _resolve_topology(graph, sites, seed)
     start = (w0 if w0 is not None else objectives[sites[0]].init_params()).detach()
     num_samples = {s: int(objectives[s].num_samples) for s in sites}
-    weights = site_weights(topo, num_samples, algorithm.site_weighting)
-    rules = SiteRules.from_config(network)
-    k_every = network.exchange_every
+    plan = NetworkPlan(tuple(sites), topo.edges, {}, num_samples)
+    cfg = ExperimentConfig(
+        seed=seed,
+        training=training,
+        ecl=ecl or ECLConfig(),
+        fedprox=fedprox or FedProxConfig(),
+        network=network,
+    )
+    rules = site_rules(cfg, "steps")
 
     sim = _Simulation(sites, network, seed, faults, server_mode)
     for s in sites:
-        ctx = make_context(
-            topo,
+        sim.nodes[s] = build_site(
             s,
-            w0=start,
-            num_samples=num_samples,
-            weights=weights,
-            lr=training.lr,
-            weight_decay=training.weight_decay,
-            exchange_every=k_every,
-            neighbours=(SERVER,) if server_mode else None,
-        )
-        schedule = ExchangeSchedule.for_site(
-            s,
-            ctx.neighbours,
-            k_every,
-            seed,
-            staggered=algorithm.staggered and network.stagger_exchanges,
-        )
-        sim.nodes[s] = SiteNode(
-            ctx,
+            plan,
+            cfg,
             algorithm,
             objectives[s],
             sim.net.transport(s),
-            schedule,
-            rules,
             sim.clock,
+            rules,
+            w0=start,
             steps=steps,
             lr_schedule=lr_schedule,
-            linger=network.linger,
         )
     if server_mode:
-        server = FedAvgServer()
-        sim.server = ServerNode(
-            SERVER,
-            server,
-            server.init(num_samples, start),
-            sites,
-            sim.net.transport(SERVER),
-            rules,
-            sim.clock,
-        )
+        sim.server = build_server(plan, sim.net.transport(SERVER), sim.clock, rules, w0=start)
     sim.run(steps, eval_every, eval_fn, progress)
     finals = {s: n.finalize() for s, n in sim.nodes.items()}
     if eval_fn is not None and eval_every and sim.last_eval_time < sim.end_time:
@@ -304,6 +280,7 @@ def run_network(
         nonfinite_steps={s: n.nonfinite_steps for s, n in sim.nodes.items()},
         topology=topo,
         finish_time=sim.finish_time,
+        contexts={s: n.context for s, n in sim.nodes.items()},
     )
 
 

@@ -282,6 +282,7 @@ class SiteNode:
         lr_schedule: Callable[[int], float] | None = None,
         linger: bool = True,
     ) -> None:
+        self.context = context
         self.site = context.site
         self.neighbours = context.neighbours
         self.algorithm = algorithm

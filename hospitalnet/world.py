@@ -1,4 +1,5 @@
-"""The built-in synthetic eight-hospital world: generated once, cached, reused.
+"""The world a run trains on: the built-in synthetic eight hospitals (generated once, cached,
+reused) or a partitioned real data set, and its decoded tensors (:func:`load_world`).
 
 Layout (``HOSPITALNET_WORLD``, default ``~/.cache/hospitalnet/world`` for the default settings;
 other settings get a sibling folder named by their hash)::
@@ -19,17 +20,22 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
+from tqdm import tqdm
 
 from hospitalnet.config import ExperimentConfig, PartitionConfig, WorldConfig
+from hospitalnet.data.dataset import SiteTensors, load_site
 from hospitalnet.data.export import export_site_as_csv, export_site_as_dicom
 from hospitalnet.data.manifest import expand_vars, load_manifest
 from hospitalnet.data.nih import NihLoader
 from hospitalnet.data.partition import partition_dataset
 from hospitalnet.data.synthetic import write_world
-from hospitalnet.errors import ConfigError
+from hospitalnet.errors import ConfigError, DataError
+from hospitalnet.rundir_schema import GLOBAL
 
 log = logging.getLogger(__name__)
 
@@ -127,3 +133,65 @@ def ensure_world(cfg: ExperimentConfig, *, progress: bool = True) -> Path:
             _store_site(root, site, storage, cfg.seed)
     ready.write_text(json.dumps(_settings(cfg)))
     return root
+
+
+# ---- the decoded world ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a site's decoded images: what training and evaluation need."""
+
+    images: torch.Tensor  # uint8 [N, 1, S, S]
+    labels: torch.Tensor  # float32 [N, 14], NaN = unknown
+    patients: torch.Tensor  # int64 [N] pseudonymous codes
+
+    @classmethod
+    def of(cls, tensors: SiteTensors, split: str) -> Split:
+        idx = torch.from_numpy(tensors.indices(split))
+        return cls(tensors.images[idx], tensors.labels[idx], tensors.patients[idx])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass
+class World:
+    """The decoded data of a run: each site's train / local-test tensors and the global test set."""
+
+    train: dict[str, Split]
+    local_test: dict[str, Split]
+    global_test: Split
+    loaders: dict[str, str]
+    descriptions: dict[str, str]
+    partition: dict
+
+    def pooled_train(self) -> Split:
+        """Every site's training images in one set (the pooled reference; no patient codes)."""
+        parts = list(self.train.values())
+        return Split(
+            torch.cat([p.images for p in parts]),
+            torch.cat([p.labels for p in parts]),
+            torch.zeros(0, dtype=torch.int64),
+        )
+
+
+def load_world(cfg: ExperimentConfig, root: Path, *, progress: bool) -> World:
+    """Decode every site of the world at ``root`` (cached under ``root/cache``)."""
+    partition = json.loads((root / "partition.json").read_text())
+    cache = root / "cache"
+    train, local, loaders, descriptions = {}, {}, {}, {}
+    for site in tqdm(
+        list(partition["sites"]), desc="load sites", unit="site", disable=not progress
+    ):
+        manifest_path = root / "sites" / site / f"{site}.yaml"
+        manifest, _ = load_manifest(manifest_path)
+        tensors = load_site(manifest_path, cfg.data.image_size, cache, progress=progress)
+        train[site], local[site] = Split.of(tensors, "train"), Split.of(tensors, "test")
+        loaders[site], descriptions[site] = manifest.data.loader, manifest.description
+        if len(train[site]) == 0:
+            raise DataError(f"site {site}: no training images; it cannot take part")
+    global_test = load_site(
+        root / "sites" / GLOBAL / f"{GLOBAL}.yaml", cfg.data.image_size, cache, progress=progress
+    )
+    return World(train, local, Split.of(global_test, "test"), loaders, descriptions, partition)
