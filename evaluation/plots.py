@@ -306,9 +306,11 @@ def loss_curves(ev: Evaluation) -> bytes | None:
     ax = fig.subplots()
     drawn = False
     for method in order_methods(ev.methods):
-        history = ev.run.histories.get(method) or {}
+        history = ev.run.histories.get(method)
         rows = [
-            r for r in history.get("loss", []) if r.get("site") in ev.sites or method == REFERENCE
+            r.model_dump()
+            for r in (history.loss if history else [])
+            if r.site in ev.sites or method == REFERENCE
         ]
         if not rows:
             continue

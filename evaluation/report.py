@@ -367,19 +367,18 @@ def _network_tables(ev: Evaluation, sites: Sequence[str] | None) -> list[dict[st
 
 def _run_info(ev: Evaluation) -> dict[str, Any]:
     info = ev.run.info
-    versions = info.get("versions") if isinstance(info.get("versions"), dict) else {}
-    wall = info.get("wall_seconds") if isinstance(info.get("wall_seconds"), dict) else {}
-    per_method = wall.get("per_method") if isinstance(wall.get("per_method"), dict) else {}
+    versions = info.versions.model_dump(exclude_none=True) if info.versions else {}
+    per_method = info.wall_seconds.per_method
     return {
         "rows": [
             ("Seed", str(ev.run.seed)),
             ("Mode", redact_text(ev.run.mode)),
             ("Hospitals", ", ".join(s for s in plots.order_sites(ev.run.sites))),
             ("Methods", ", ".join(plots.order_methods(ev.methods))),
-            ("Started", fmt_started(info.get("started"))),
-            ("Device", redact_text(info.get("device", "not recorded"))),
-            ("Command", redact_text(info.get("command", "not recorded"))),
-            ("Wall time (total)", fmt_seconds(wall.get("total"))),
+            ("Started", fmt_started(info.started)),
+            ("Device", redact_text(info.device or "not recorded")),
+            ("Command", redact_text(info.command or "not recorded")),
+            ("Wall time (total)", fmt_seconds(info.wall_seconds.total)),
             (
                 "Confidence intervals",
                 f"{int(CI_LEVEL * 100)}% percentile bootstrap over patients, "
@@ -408,7 +407,7 @@ def _common(ev: Evaluation, title: str) -> dict[str, Any]:
         "meta": {
             "methods": ", ".join(plots.order_methods(ev.methods)),
             "seed": ev.run.seed,
-            "started": fmt_started(ev.run.info.get("started")),
+            "started": fmt_started(ev.run.info.started),
             "wall": fmt_seconds(ev.summary.get("wall_seconds_total")),
         },
         "legend_methods": [

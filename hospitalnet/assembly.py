@@ -180,6 +180,25 @@ def exchange_schedule(
     )
 
 
+def evaluation_points(cfg: ExperimentConfig) -> list[float]:
+    """THE evaluation rule of both runners: point p = 1..P at p * T / P nominal steps (T =
+    ``training.local_steps``, P = ``training.eval_points``).
+
+    The simulation reads it on its virtual clock (every site's model at that instant; one more
+    point on the final models when a site finished after T), a deployment on the site's own
+    local-step count (rounded up to a whole step). A nominal step is one local step of a site
+    of speed 1 that never waits, so the two agree where sites keep pace; a learning curve's x
+    axis is the local steps actually taken (the mean over sites in the simulation).
+    """
+    every = evaluation_every(cfg)
+    return [p * every for p in range(1, cfg.training.eval_points + 1)]
+
+
+def evaluation_every(cfg: ExperimentConfig) -> float:
+    """The spacing T / P of :func:`evaluation_points` (``run_network(eval_every=...)``)."""
+    return cfg.training.local_steps / cfg.training.eval_points
+
+
 def build_site(
     site: str,
     plan: NetworkPlan,
@@ -239,6 +258,17 @@ def build_site(
     )
 
 
+def server_sample_counts(plan: NetworkPlan) -> dict[str, int]:
+    """n_i of every site in site order, which the server's average needs (checked here)."""
+    missing = [s for s in plan.sites if s not in plan.train_samples]
+    if missing:
+        raise ConfigError(
+            f"network plan: sites.{missing[0]}.train_samples: the server weights the average "
+            "by every site's training-set size"
+        )
+    return {s: plan.train_samples[s] for s in plan.sites}
+
+
 def build_server(
     plan: NetworkPlan,
     transport: Transport,
@@ -248,17 +278,11 @@ def build_server(
     w0: torch.Tensor,
 ) -> ServerNode:
     """The FedAvg / FedProx server loop: the average is weighted by every site's n_i."""
-    missing = [s for s in plan.sites if s not in plan.train_samples]
-    if missing:
-        raise ConfigError(
-            f"network plan: sites.{missing[0]}.train_samples: the server weights the average "
-            "by every site's training-set size"
-        )
     server = FedAvgServer()
     return ServerNode(
         SERVER,
         server,
-        server.init({s: plan.train_samples[s] for s in plan.sites}, w0),
+        server.init(server_sample_counts(plan), w0),
         plan.sites,
         transport,
         rules,
@@ -270,9 +294,12 @@ __all__ = [
     "W0_SEED",
     "build_server",
     "build_site",
+    "evaluation_every",
+    "evaluation_points",
     "exchange_schedule",
     "initial_model",
     "method_graph",
+    "server_sample_counts",
     "site_context",
     "site_neighbours",
     "site_objective",

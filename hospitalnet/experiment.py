@@ -8,31 +8,52 @@ and pictures are the ``evaluation`` package's job (``hospitalnet report`` re-ren
 from __future__ import annotations
 
 import logging
-import platform
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from hospitalnet import __version__
-from hospitalnet.assembly import initial_model, site_objective
+from hospitalnet.assembly import evaluation_every, initial_model, site_objective
 from hospitalnet.config import ExperimentConfig, dump_config
 from hospitalnet.errors import ConfigError
-from hospitalnet.labels import LABELS
 from hospitalnet.models.flat import FlatParams
-from hospitalnet.rundir import RunDir, atomic_write_bytes, key, write_arrays, write_json
-from hospitalnet.rundir_schema import GLOBAL
+from hospitalnet.rundir import RunDir, atomic_write_bytes, write_arrays
+from hospitalnet.rundir_schema import (
+    GLOBAL,
+    EdgeRecord,
+    EvalPoint,
+    History,
+    MethodNetwork,
+    NetworkRecord,
+    RunInfo,
+    TopologyRecord,
+    Versions,
+    WallSeconds,
+    curve_key,
+    event_records,
+    final_key,
+    local_testset,
+    loss_points,
+)
 from hospitalnet.simulation import SimulationResult, run_network, run_pooled
 from hospitalnet.training.objective import predict_proba
 from hospitalnet.training.schedule import lr_schedule
-from hospitalnet.world import World, ensure_world, load_world
+from hospitalnet.world import World, ensure_world, load_world, write_testsets_and_data
 
 log = logging.getLogger(__name__)
 POOLED = "pooled"
+
+
+class MethodOutputs(TypedDict):
+    """What one method's training stores: ``predictions/<method>.npz`` and its history."""
+
+    predictions: dict[str, np.ndarray]
+    history: History
 
 
 def train_method(
@@ -43,14 +64,15 @@ def train_method(
     w0: torch.Tensor,
     *,
     progress: bool,
-) -> tuple[SimulationResult, dict, float]:
-    """Train one method; return its result, its stored predictions and its wall seconds."""
+) -> tuple[SimulationResult, MethodOutputs, float]:
+    """Train one method; return its result, its stored predictions and history, its wall
+    seconds."""
     sites = list(world.train)
     steps = cfg.training.local_steps
     batch = cfg.training.batch_size
     n_train = sum(len(t) for t in world.train.values())
     preds: dict[str, np.ndarray] = {}
-    eval_points: list[dict] = []
+    eval_points: list[EvalPoint] = []
     # The pooled reference takes the same number of steps as every site, each on a batch as large
     # as all sites' batches together: what synchronous data-parallel training on the pooled data
     # would do with the same hardware, images and updates (FedAvg with K = 1 on IID sites is
@@ -58,18 +80,11 @@ def train_method(
     # on sequential updates alone, which no parallel method can match at an equal learning rate.
     total_steps = steps
     images_per_step = batch * len(sites)
-    every = total_steps / cfg.training.eval_points
+    every = evaluation_every(cfg)
 
     def on_eval(k: int, params: dict[str, torch.Tensor]) -> None:
         point = len(eval_points)
-        eval_points.append(
-            {
-                "k": point,
-                "local_steps": int(k),
-                "virtual_time": float(k),
-                "epochs": float(k) * images_per_step / n_train,
-            }
-        )
+        eval_points.append(EvalPoint(k=point, virtual_time=float(k)))
         shared = None
         if method == POOLED:  # one model scored at every site: predict once
             shared = predict_proba(flat, params[POOLED], world.global_test.images)
@@ -79,7 +94,7 @@ def train_method(
                 if shared is not None
                 else predict_proba(flat, params[site], world.global_test.images)
             )
-            preds[key("curve", point, site, GLOBAL)] = p.numpy().astype(np.float16)
+            preds[curve_key(point, site, GLOBAL)] = p.numpy().astype(np.float16)
 
     bar = tqdm(total=total_steps, desc=f"train {method}", unit="step", disable=not progress)
 
@@ -137,104 +152,60 @@ def train_method(
     # the x axis is work done, not virtual time: FedAvg's rounds wait for the slowest site, so
     # its clock runs ahead of its steps
     for point, done in zip(eval_points, result.evaluation_steps, strict=True):
-        point["local_steps"] = round(done, 1)
-        point["epochs"] = done * images_per_step / n_train
+        point.local_steps = round(done, 1)
+        point.epochs = done * images_per_step / n_train
     on_global: dict[int, np.ndarray] = {}  # pooled: one model shared by every site
     for site in sites:
         w = finals[site]
         if id(w) not in on_global:
             on_global[id(w)] = predict_proba(flat, w, world.global_test.images).numpy()
-        preds[key("final", site, GLOBAL)] = on_global[id(w)]
-        preds[key("final", site, f"local_{site}")] = predict_proba(
+        preds[final_key(site, GLOBAL)] = on_global[id(w)]
+        preds[final_key(site, local_testset(site))] = predict_proba(
             flat, finals[site], world.local_test[site].images
         ).numpy()
-    history = {
-        "eval_points": eval_points,
-        "loss": [
-            {"site": s, "local_step": i, "loss": float(np.mean(v[i : i + 10]))}
-            for s, v in result.losses.items()
-            for i in range(0, len(v), 10)
-        ],
-        "events": [
-            {"time": e.time, "site": e.site, "kind": e.kind, "peer": e.peer, "detail": e.detail}
-            for e in result.events
-        ],
-        "images_per_second": total_steps * images_per_step / max(wall, 1e-9),
-    }
-    return result, {"predictions": preds, "history": history}, wall
+    history = History(
+        eval_points=eval_points,
+        loss=[p for s, v in result.losses.items() for p in loss_points(s, v)],
+        events=event_records(result.events),
+        images_per_second=total_steps * images_per_step / max(wall, 1e-9),
+    )
+    return result, MethodOutputs(predictions=preds, history=history), wall
 
 
-def _network_summary(result: SimulationResult) -> dict:
-    edges: dict[tuple[str, str], dict] = {}
+def network_record(result: SimulationResult) -> MethodNetwork:
+    """Every edge's counters of a simulated method (both directions merged)."""
+    edges: dict[tuple[str, str], EdgeRecord] = {}
     for (a, b), st in result.edge_stats.items():
         lo, hi = sorted((a, b))
-        e = edges.setdefault(
-            (lo, hi),
-            {
-                "a": lo,
-                "b": hi,
-                "messages": {},
-                "bytes": {},
-                "dropped": 0,
-                "stale": 0,
-                "duplicates": 0,
-                "rejected": 0,
-                "inactive_events": 0,
-                "active_at_end": True,
-            },
-        )
-        e["messages"][f"{a}->{b}"] = st.messages_sent
-        e["bytes"][f"{a}->{b}"] = st.bytes_sent
-        e["dropped"] += st.dropped
-        e["stale"] += st.stale
-        e["duplicates"] += st.duplicates
-        e["rejected"] += sum(st.rejected.values())
+        e = edges.get((lo, hi))
+        if e is None:
+            e = edges[(lo, hi)] = EdgeRecord(
+                a=lo, b=hi, messages={}, bytes={}, dropped=0, stale=0, duplicates=0,
+                rejected=0, inactive_events=0, active_at_end=True,
+            )  # fmt: skip
+        e.messages[f"{a}->{b}"] = st.messages_sent
+        e.bytes[f"{a}->{b}"] = st.bytes_sent
+        e.dropped += st.dropped
+        e.stale += st.stale
+        e.duplicates += st.duplicates
+        e.rejected += sum(st.rejected.values())
     for ev in result.events:
         if ev.peer is None:
             continue
-        e = edges.get(tuple(sorted((ev.site, ev.peer))))
-        if e is None:
+        lo, hi = sorted((ev.site, ev.peer))
+        edge = edges.get((lo, hi))
+        if edge is None:
             continue
         if ev.kind == "edge_inactive":
-            e["inactive_events"] += 1
-            e["active_at_end"] = False
+            edge.inactive_events += 1
+            edge.active_at_end = False
         elif ev.kind == "edge_active":
-            e["active_at_end"] = True
-    return {
-        "edges": list(edges.values()),
-        "isolated_sites": list(result.isolated),
-        "dead_sites": sorted(result.failed),
-    }
-
-
-def data_summary(world: World) -> dict:
-    part = world.partition
-    sites = {}
-    for site, s in part["sites"].items():
-        sites[site] = {
-            **{
-                k: s[k]
-                for k in (
-                    "description",
-                    "patients",
-                    "train_images",
-                    "test_images",
-                    "prevalence",
-                    "jsd",
-                    "views",
-                )
-            },
-            "loader": world.loaders[site],
-        }
-    return {
-        "labels": list(LABELS),
-        "sites": sites,
-        "pooled": {
-            "train_images": part["pooled"]["images"],
-            "prevalence": part["pooled"]["prevalence"],
-        },
-        "global_test": {k: part["global_test"][k] for k in ("images", "patients", "prevalence")},
-    }
+            edge.active_at_end = True
+    return MethodNetwork(
+        edges=list(edges.values()),
+        isolated_sites=list(result.isolated),
+        dead_sites=sorted(result.failed),
+    )
 
 
 def run_experiment(
@@ -271,59 +242,40 @@ def run_experiment(
     flat = initial_model(cfg, device)
     w0 = flat.flat.detach().clone()
 
-    testsets = {
-        key(GLOBAL, "labels"): world.global_test.labels.numpy(),
-        key(GLOBAL, "patients"): world.global_test.patients.numpy(),
-    }
-    for site in sites:
-        testsets[key(f"local_{site}", "labels")] = world.local_test[site].labels.numpy()
-        testsets[key(f"local_{site}", "patients")] = world.local_test[site].patients.numpy()
-    write_arrays(run.testsets, testsets)
-    write_json(run.data_json, data_summary(world))
-
-    network: dict = {"topology": None, "methods": {}}
+    write_testsets_and_data(run, world)
+    network = NetworkRecord(methods={})
     walls: dict[str, float] = {}
     throughput: dict[str, float] = {}
     for method in cfg.methods:
         result, stored, walls[method] = train_method(
             method, cfg, world, flat, w0, progress=progress
         )
-        throughput[method] = stored["history"]["images_per_second"]
+        throughput[method] = stored["history"].images_per_second or 0.0
         write_arrays(run.predictions(method), stored["predictions"])
-        write_json(run.history(method), stored["history"])
+        stored["history"].write(run.history(method))
         if result.edge_stats:
-            network["methods"][method] = _network_summary(result)
-        if result.topology is not None and result.topology.edges and network["topology"] is None:
-            network["topology"] = {
-                "kind": cfg.topology.kind,
-                "nodes": list(result.topology.nodes),
-                "edges": [list(e) for e in result.topology.edges],
-            }
+            network.methods[method] = network_record(result)
+        if result.topology is not None and result.topology.edges and network.topology is None:
+            network.topology = TopologyRecord(
+                kind=cfg.topology.kind,
+                nodes=list(result.topology.nodes),
+                edges=[list(e) for e in result.topology.edges],
+            )
         log.info("%s: %.1f s, %.0f images/s", method, walls[method], throughput[method])
-    if network["topology"] is None:
-        network["topology"] = {"kind": cfg.topology.kind, "nodes": sites, "edges": []}
-    write_json(run.network_json, network)
-    write_json(
-        run.run_json,
-        {
-            "seed": cfg.seed,
-            "mode": "simulation",
-            "methods": list(cfg.methods),
-            "sites": sites,
-            "started": started,
-            "command": command,
-            "device": device.type,
-            "wall_seconds": {"total": time.perf_counter() - t_start, "per_method": walls},
-            "images_per_second": throughput,
-            "versions": {
-                "hospitalnet": __version__,
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "numpy": np.__version__,
-                "platform": f"{platform.system()} {platform.machine()}",
-                "torch_threads": torch.get_num_threads(),
-            },
-            "argv": sys.argv[1:],
-        },
-    )
+    if network.topology is None:
+        network.topology = TopologyRecord(kind=cfg.topology.kind, nodes=sites, edges=[])
+    network.write(run.network_json)
+    RunInfo(
+        seed=cfg.seed,
+        mode="simulation",
+        methods=list(cfg.methods),
+        sites=sites,
+        started=started,
+        command=command,
+        device=device.type,
+        wall_seconds=WallSeconds(total=time.perf_counter() - t_start, per_method=walls),
+        images_per_second=throughput,
+        versions=Versions.current(),
+        argv=sys.argv[1:],
+    ).write(run.run_json)
     return run

@@ -341,7 +341,7 @@ class _Simulation:
         self._pending: dict[str, float] = {}  # time of the node's live tick event
         self._idle: set[str] = set()
         self._live: set[str] = set(sites)  # not finished, failed or dead: the run waits for them
-        self._ticking: set[str] = set(sites)  # still scheduled (live, or lingering after done)
+        self._ticking: set[str] = set(sites)  # still scheduled (live, or lingering: linger_over)
         self._speed = {s: float(cfg.site_speed.get(s, 1.0)) for s in sites}
         self._compute_rng = {s: numpy_rng(seed, "sim", "compute", s) for s in sites}
 
@@ -386,7 +386,7 @@ class _Simulation:
         for o in self.faults.outages:
             self._push(o.start, _FAULT, o.site)
         if eval_fn is not None and eval_every:
-            self._push(float(eval_every), _EVAL, "")
+            self._push(float(eval_every), _EVAL, "")  # point p at p * eval_every (p = 1, 2 ...)
 
         while self._heap and self._live:
             t, kind, _, who, token = heapq.heappop(self._heap)
@@ -409,7 +409,7 @@ class _Simulation:
                 self.evaluations.append((int(round(t)), eval_fn(int(round(t)), params)))
                 self.evaluation_steps.append(self.mean_steps())
                 self.last_eval_time = t
-                self._push(t + float(eval_every), _EVAL, "")
+                self._push((len(self.evaluations) + 1) * float(eval_every), _EVAL, "")
             else:  # _FAULT: an outage starts
                 self._outage_starts(who, t)
         self.end_time = max(self.finish_time.values(), default=self.now)
@@ -444,9 +444,9 @@ class _Simulation:
         if node.done and site in self._live:
             self.finish_time[site] = t + dt if result is TickResult.STEPPED else t
             self._live.discard(site)
-            if not (node.linger and node.algorithm.lingers):
-                self._ticking.discard(site)
-                return result is TickResult.STEPPED
+        if node.done and node.linger_over():  # the linger/stop rule, as in a deployment
+            self._ticking.discard(site)
+            return result is TickResult.STEPPED
         if result is TickResult.IDLE:
             self._idle.add(site)
             nxt = self.net.next_arrival(site)

@@ -7,22 +7,9 @@
     3. step      one local step on one minibatch (non-finite loss/gradient: step rolled back)
     4. send      per-edge payloads for the edges whose exchange is due at this step
 
-Receive rules (per edge, counted in that edge's :class:`~hospitalnet.transport.base.EdgeStats`):
-
-- wrong receiver, unknown sender, missing payload, wrong shape/dtype, non-finite values:
-  *rejected* (counted per reason), state untouched;
-- a sequence number not newer than the last one taken on that edge: *duplicate*, ignored;
-- staleness: a message that arrives more than S of the receiver's steps later than the
-  previous one on that edge did, relative to the sender's own progress
-  (``age = (own_step - own_step_then) - (msg.step - msg_step_then)``), is *stale* and dropped.
-  This catches messages held back in a queue, on a slow link or in a frozen process, without
-  needing synchronised clocks, and it tolerates steady speed differences between sites (their
-  drift per message is K * |1 - speed ratio| steps, far below S);
-- anything in order from a neighbour (applied or stale) proves it alive: an inactive edge becomes
-  active again.
-
-Messages that arrive in the same poll are applied in a canonical order (neighbour order, then
-sequence number), so delivery order inside one poll never changes the result.
+Receive rules (rejection, replay, staleness, liveness) live in :mod:`hospitalnet.peers`, shared
+with the FedAvg server's loop (:class:`ServerNode`). The linger/stop rule after the last step is
+:meth:`SiteNode.linger_over`, the same in both runners.
 
 The clock is injected: virtual time in the simulation (in nominal step units), seconds
 (``time.monotonic``) in a deployment, so ``inactive_after`` D means steps or seconds accordingly.
@@ -32,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -41,12 +28,12 @@ import torch
 
 from hospitalnet.algorithms.base import Algorithm, SiteContext, is_finite_tensor
 from hospitalnet.algorithms.fedavg import FedAvgServer, ServerState
-from hospitalnet.config import NetworkConfig
 from hospitalnet.errors import HospitalnetError
 from hospitalnet.messages import Message, MessageKind
 from hospitalnet.objective import LocalObjective
+from hospitalnet.peers import PeerBook, SiteRules, Verdict
 from hospitalnet.seeding import numpy_rng
-from hospitalnet.transport.base import EdgeStats, Transport
+from hospitalnet.transport.base import Transport
 
 log = logging.getLogger(__name__)
 
@@ -55,33 +42,6 @@ Clock = Callable[[], float]
 
 class SiteFailure(HospitalnetError):
     """A site had to stop (e.g. repeated non-finite losses); the other sites carry on."""
-
-
-@dataclass(frozen=True)
-class SiteRules:
-    """The timing and robustness rules of the site loop.
-
-    Attributes
-    ----------
-    staleness_bound:
-        S, in the receiver's steps (see the module docstring for how a message's age is measured).
-    inactive_after:
-        D, in clock units: an edge with nothing heard for longer goes inactive.
-    max_nonfinite_steps:
-        Consecutive rolled-back steps after which the site stops with :class:`SiteFailure`.
-    """
-
-    staleness_bound: int = 64
-    inactive_after: float = 200.0
-    max_nonfinite_steps: int = 10
-
-    @classmethod
-    def from_config(cls, net: NetworkConfig) -> SiteRules:
-        return cls(
-            staleness_bound=net.staleness_bound,
-            inactive_after=float(net.inactive_after),
-            max_nonfinite_steps=net.max_nonfinite_steps,
-        )
 
 
 class ExchangeSchedule:
@@ -139,104 +99,6 @@ class TickResult(Enum):
     ROLLED_BACK = "rolled_back"  # non-finite loss or gradient: nothing applied
     IDLE = "idle"  # nothing to do (waiting for a server, or all steps done)
     SERVING = "serving"  # all steps done; still exchanging on schedule, model unchanged
-
-
-class Verdict(Enum):
-    APPLY = "apply"
-    DUPLICATE = "duplicate"
-    STALE = "stale"
-    REJECTED = "rejected"
-
-
-@dataclass
-class _Peer:
-    stats: EdgeStats
-    last_seq: int = 0
-    own_step_then: int = 0
-    msg_step_then: int = 0
-    last_heard: float = 0.0
-    active: bool = True
-
-
-class PeerBook:
-    """Receive-side rules and counters of one node (shared by :class:`SiteNode` and
-    :class:`ServerNode`)."""
-
-    def __init__(
-        self,
-        owner: str,
-        peers: Sequence[str],
-        rules: SiteRules,
-        like: torch.Tensor,
-        now: float,
-        staleness: bool = True,
-        payload_spec: Callable[[MessageKind], tuple[int, torch.dtype]] | None = None,
-    ) -> None:
-        self.owner = owner
-        self.rules = rules
-        self.staleness = staleness
-        self.order = {p: k for k, p in enumerate(peers)}
-        self.peers = {p: _Peer(stats=EdgeStats(), last_heard=now) for p in peers}
-        self.strangers: dict[str, EdgeStats] = {}
-        self._numel = like.numel()
-        self._dtype = like.dtype
-        # what each payload kind must look like (compressed duals differ from the model)
-        self._spec = payload_spec or (lambda kind: (self._numel, self._dtype))
-
-    def canonical(self, messages: Iterable[Message]) -> list[Message]:
-        """Neighbour order, then sequence number; unknown senders last (they are rejected)."""
-        far = len(self.order)
-        return sorted(messages, key=lambda m: (self.order.get(m.sender, far), m.sender, m.seq))
-
-    def _reject(self, msg: Message, reason: str) -> Verdict:
-        peer = self.peers.get(msg.sender)
-        stats = peer.stats if peer else self.strangers.setdefault(msg.sender, EdgeStats())
-        stats.rejected[reason] = stats.rejected.get(reason, 0) + 1
-        log.debug("%s: rejected a message from %s (%s)", self.owner, msg.sender, reason)
-        return Verdict.REJECTED
-
-    def admit(self, msg: Message, own_step: int, now: float) -> Verdict:
-        peer = self.peers.get(msg.sender)
-        if peer is None:
-            return self._reject(msg, "unknown_sender")
-        if msg.receiver != self.owner:
-            return self._reject(msg, "wrong_receiver")
-        if msg.seq <= peer.last_seq:
-            peer.stats.duplicates += 1
-            return Verdict.DUPLICATE
-        if msg.kind is not MessageKind.HEARTBEAT:
-            p = msg.payload
-            if p is None:
-                return self._reject(msg, "missing_payload")
-            numel, dtype = self._spec(msg.kind)
-            if p.dim() != 1 or p.numel() != numel:
-                return self._reject(msg, "shape")
-            if p.dtype != dtype:
-                return self._reject(msg, "dtype")
-            if not is_finite_tensor(p):
-                return self._reject(msg, "non_finite")
-        age = (own_step - peer.own_step_then) - (msg.step - peer.msg_step_then)
-        peer.last_seq = msg.seq
-        peer.own_step_then, peer.msg_step_then = own_step, msg.step
-        peer.last_heard = now
-        if self.staleness and age > self.rules.staleness_bound:
-            peer.stats.stale += 1
-            return Verdict.STALE
-        return Verdict.APPLY
-
-    def went_silent(self, now: float) -> list[str]:
-        """Active peers not heard for longer than D (they are marked inactive here)."""
-        out = []
-        for name, peer in self.peers.items():
-            if peer.active and now - peer.last_heard > self.rules.inactive_after:
-                peer.active = False
-                out.append(name)
-        return out
-
-    def stats(self) -> dict[tuple[str, str], EdgeStats]:
-        out = {(p, self.owner): peer.stats for p, peer in self.peers.items()}
-        out.update({(s, self.owner): st for s, st in self.strangers.items()})
-        return out
 
 
 class SiteNode:
@@ -331,6 +193,61 @@ class SiteNode:
 
     def finalize(self) -> torch.Tensor:
         return self.algorithm.finalize(self.state)
+
+    @property
+    def lingering(self) -> bool:
+        """All steps taken, and still exchanging (model unchanged) by the linger rule."""
+        return self.done and self.linger and self.algorithm.lingers and bool(self.neighbours)
+
+    def linger_over(self) -> bool:
+        """THE linger/stop rule of both runners: a site that took all its steps keeps exchanging
+        (model unchanged) until every neighbour has taken all its steps too - it heard a message
+        stamped at step ``steps`` or later from it - or went inactive. Before that, a neighbour
+        still stepping may need its duals; after it, no model can change through this site
+        (receiving never touches a model). A deployment adds wall-clock bounds around it
+        (``deploy.linger_grace_s`` / ``linger_max_s``)."""
+        return not self.lingering or self.book.all_finished(self.steps)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything the loop needs to continue: algorithm state (tensors ``state.*``),
+        counters, per-edge sequence numbers and receive marks, the losses so far."""
+        tensors, state_meta = self.algorithm.state_dict(self.state)
+        meta = {
+            "step": self.step,
+            "serving_ticks": self.serving_ticks,
+            "lr": self.lr,
+            "nonfinite_steps": self.nonfinite_steps,
+            "seq": dict(self._seq),
+            "peers": self.book.state_dict(),
+            "state": state_meta,
+            "losses": list(self.losses),
+        }
+        return {f"state.{k}": v for k, v in tensors.items()}, meta
+
+    def load_state_dict(
+        self,
+        tensors: dict[str, torch.Tensor],
+        meta: dict[str, Any],
+        *,
+        seq_floor: int = 0,
+    ) -> None:
+        """Continue from :meth:`state_dict` (the node is fresh from the same assembly).
+
+        ``seq_floor``: outgoing sequence numbers continue above it, so that the neighbours'
+        replay rule never takes a restarted process's messages for old ones.
+        """
+        state_tensors = {k.removeprefix("state."): v for k, v in tensors.items()}
+        self.state = self.algorithm.load_state_dict(self.state, state_tensors, meta["state"])
+        self.state = self.algorithm.restarted(self.state)
+        self.step = int(meta["step"])
+        self.serving_ticks = int(meta["serving_ticks"])
+        self.lr = float(meta["lr"])
+        self.nonfinite_steps = int(meta["nonfinite_steps"])
+        self.losses = [float(x) for x in meta["losses"]]
+        self._seq = {j: max(int(meta["seq"].get(j, 0)), seq_floor) for j in self._seq}
+        for j in self.book.load_state_dict(meta["peers"], self.clock()):
+            self.state = self.algorithm.set_edge_active(self.state, j, False)
 
     # ---- the loop body ----------------------------------------------------------------------
     def tick(self) -> TickResult:
@@ -450,6 +367,30 @@ class ServerNode:
         self.book = PeerBook(name, self.sites, rules, state.w, clock(), staleness=False)
         self.events: list[Event] = []
         self._seq = {s: 0 for s in self.sites}
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The global model (``state.w``), the round count and the per-site marks."""
+        meta = {
+            "rounds": self.state.rounds,
+            "pending_step": self.state.pending_step,
+            "seq": dict(self._seq),
+            "peers": {
+                s: {"last_seq": p.last_seq, "active": p.active} for s, p in self.book.peers.items()
+            },
+        }
+        return {"state.w": self.state.w}, meta
+
+    def load_state_dict(
+        self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], *, seq_floor: int = 0
+    ) -> None:
+        """Continue from :meth:`state_dict` (see :meth:`SiteNode.load_state_dict`)."""
+        self.state.w.copy_(tensors["state.w"])
+        self.state.rounds = int(meta["rounds"])
+        self.state.pending_step = int(meta["pending_step"])
+        self._seq = {s: max(int(meta["seq"].get(s, 0)), seq_floor) for s in self._seq}
+        for s, p in self.book.peers.items():
+            if s in meta["peers"]:
+                p.last_seq = int(meta["peers"][s]["last_seq"])
 
     def tick(self) -> bool:
         """Returns True when a round was aggregated and sent."""

@@ -23,6 +23,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from tqdm import tqdm
@@ -35,7 +36,18 @@ from hospitalnet.data.nih import NihLoader
 from hospitalnet.data.partition import partition_dataset
 from hospitalnet.data.synthetic import write_world
 from hospitalnet.errors import ConfigError, DataError
-from hospitalnet.rundir_schema import GLOBAL
+from hospitalnet.labels import LABELS
+from hospitalnet.rundir import RunDir, write_arrays
+from hospitalnet.rundir_schema import (
+    GLOBAL,
+    DataSummary,
+    GlobalTestData,
+    PooledData,
+    SiteData,
+    label_key,
+    local_testset,
+    patient_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +178,37 @@ class World:
     descriptions: dict[str, str]
     partition: dict
 
+    def testset_arrays(self) -> dict[str, np.ndarray]:
+        """``testsets.npz``: labels and patient codes of the global and every local test set."""
+        sets = {
+            GLOBAL: self.global_test,
+            **{local_testset(s): t for s, t in self.local_test.items()},
+        }
+        arrays = {}
+        for name, split in sets.items():
+            arrays[label_key(name)] = split.labels.numpy()
+            arrays[patient_key(name)] = split.patients.numpy()
+        return arrays
+
+    def data_summary(self) -> DataSummary:
+        """``data.json``: sizes, prevalence, JSD and views per site, from ``partition.json``."""
+        part = self.partition
+        keys = ("description", "patients", "train_images", "test_images", "prevalence", "jsd")
+        sites = {
+            site: SiteData(**{k: s[k] for k in keys}, views=s["views"], loader=self.loaders[site])
+            for site, s in part["sites"].items()
+        }
+        return DataSummary(
+            labels=list(LABELS),
+            sites=sites,
+            pooled=PooledData(
+                train_images=part["pooled"]["images"], prevalence=part["pooled"]["prevalence"]
+            ),
+            global_test=GlobalTestData(
+                **{k: part["global_test"][k] for k in ("images", "patients", "prevalence")}
+            ),
+        )
+
     def pooled_train(self) -> Split:
         """Every site's training images in one set (the pooled reference; no patient codes)."""
         parts = list(self.train.values())
@@ -195,3 +238,9 @@ def load_world(cfg: ExperimentConfig, root: Path, *, progress: bool) -> World:
         root / "sites" / GLOBAL / f"{GLOBAL}.yaml", cfg.data.image_size, cache, progress=progress
     )
     return World(train, local, Split.of(global_test, "test"), loaders, descriptions, partition)
+
+
+def write_testsets_and_data(run: RunDir, world: World) -> None:
+    """A run's ``testsets.npz`` and ``data.json`` (the simulation and the process launcher)."""
+    write_arrays(run.testsets, world.testset_arrays())
+    world.data_summary().write(run.data_json)

@@ -234,3 +234,43 @@ def test_isolated_ecl_site_steps_exactly_like_local_sgd():
     for _ in range(4):
         a.tick(), b.tick()
     assert a.isolated and torch.equal(a.params, b.params)
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+def _feed(node, box, clock, ticks, first_seq):
+    """Tick with one dual from b and c every other tick (values from the tick number)."""
+    for k in range(ticks):
+        clock.t += 1.0
+        if k % 2 == 0:
+            n = first_seq + k
+            box.inbox = [dual("b", n, n, value=0.1 * n), dual("c", n, n, value=-0.05 * n)]
+        node.tick()
+
+
+def test_site_node_state_dict_continues_exactly_where_it_was_taken():
+    # prepare: a node after 7 ticks with c gone inactive, and its uninterrupted twin
+    node, box, clock = make_node(rules=SiteRules(inactive_after=50))
+    _feed(node, box, clock, 7, first_seq=1)
+    node.state = node.algorithm.set_edge_active(node.state, "c", False)
+    node.book.peers["c"].active = False
+    tensors, meta = node.state_dict()
+    fresh, fresh_box, fresh_clock = make_node(rules=SiteRules(inactive_after=50))
+    fresh_clock.t = clock.t
+
+    # execute: restore into a fresh node; continue both the same way
+    fresh.load_state_dict(tensors, meta, seq_floor=1000)
+    _feed(node, box, clock, 6, first_seq=20)
+    _feed(fresh, fresh_box, fresh_clock, 6, first_seq=20)
+
+    # assert: same model, duals, counters, losses and edge states; sends number above the floor
+    assert torch.equal(fresh.params, node.params)
+    for j in ("b", "c"):
+        assert torch.equal(fresh.state.z[j], node.state.z[j])
+    assert fresh.step == node.step == 13 and fresh.losses == node.losses
+    assert fresh.state.active == node.state.active == {"b": True, "c": True}  # c heard again
+    assert fresh.book.peers["b"].last_seq == node.book.peers["b"].last_seq == 24
+    assert [m.seq for m in fresh_box.sent] == [
+        1001 + k for k in range(len(fresh_box.sent) // 2) for _ in (0, 1)
+    ]
+    assert {f"state.{k}" for k in ("w", "z.b", "z.c")} <= set(tensors)
+    assert "state.coupling" not in tensors  # a cache, re-summed after the restore

@@ -22,6 +22,7 @@ place). Payloads returned by :meth:`outgoing` are fresh tensors, safe to send.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -112,6 +113,9 @@ class Algorithm(ABC):
     lingers: bool = False
     #: How ``SiteContext.weight`` is chosen; None = every site weight 1 (plain local losses).
     site_weighting: SiteWeighting | None = None
+    #: State fields that are caches recomputed from the rest: left out of :meth:`state_dict`,
+    #: left at their :meth:`init` values by :meth:`load_state_dict`.
+    derived_state: tuple[str, ...] = ()
 
     @abstractmethod
     def init(self, ctx: SiteContext) -> Any:
@@ -163,6 +167,55 @@ class Algorithm(ABC):
     def finalize(self, state: Any) -> torch.Tensor:
         """The site's final model (a new tensor)."""
         return self.params(state).detach().clone()
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def state_dict(self, state: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The state as named tensors (``w``, ``z.n2`` ...) plus JSON values, caches left out.
+
+        Works for any dataclass state whose fields are tensors, dicts of tensors or JSON values;
+        None fields are left out. Nothing here is pickled (checkpoints: safetensors + JSON).
+        """
+        tensors: dict[str, torch.Tensor] = {}
+        meta: dict[str, Any] = {}
+        for f in dataclasses.fields(state):
+            value = getattr(state, f.name)
+            if f.name in self.derived_state or value is None:
+                continue
+            if isinstance(value, torch.Tensor):
+                tensors[f.name] = value
+            elif _tensor_dict(value):
+                for k, v in value.items():
+                    tensors[f"{f.name}.{k}"] = v
+            else:
+                meta[f.name] = value
+        return tensors, meta
+
+    def load_state_dict(
+        self, state: Any, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]
+    ) -> Any:
+        """Overwrite ``state``, fresh from :meth:`init` with the same context, with the values of
+        a :meth:`state_dict` (tensors are copied in place; caches keep their initial values)."""
+        for f in dataclasses.fields(state):
+            value = getattr(state, f.name)
+            if f.name in self.derived_state:
+                continue
+            if isinstance(value, torch.Tensor):
+                value.copy_(tensors[f.name])
+            elif _tensor_dict(value):
+                for k, v in value.items():
+                    v.copy_(tensors[f"{f.name}.{k}"])
+            elif f.name in meta:
+                saved = meta[f.name]
+                setattr(state, f.name, type(value)(saved) if value is not None else saved)
+        return state
+
+
+def _tensor_dict(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(v, torch.Tensor) for v in value.values())
+    )
 
 
 def sgd_update(

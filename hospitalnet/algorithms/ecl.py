@@ -145,6 +145,7 @@ class ECL(Algorithm):
         topk_fraction: float = 0.25,
     ) -> None:
         self.lingers = True  # receive only touches the duals
+        self.derived_state = ("coupling", "received", "dirty", "updates")  # re-summed on load
         if not 0.0 < theta <= 1.0:
             raise ConfigError(f"ecl.theta: {theta} is not in (0, 1]")
         if eta != "auto" and not float(eta) > 0:

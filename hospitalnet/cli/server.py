@@ -4,7 +4,7 @@
                            [--method fedavg] [--listen HOST:PORT] [--resume]
 
 The hospitals run ``hospitalnet site run ... --method fedavg --network FILE`` with the same plan
-file, whose ``server.address`` says where this process listens (see ``hospitalnet.server``).
+file, whose ``server.address`` says where this process listens (see ``hospitalnet.deploy.server_process``).
 SIGTERM (or Ctrl-C) writes a final checkpoint and exits 0; ``--resume`` continues from the
 newest good checkpoint in ``--out``.
 """
@@ -42,8 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from hospitalnet.deploy.server_process import ServerRunOptions, run_server
     from hospitalnet.plan import load_plan
-    from hospitalnet.server import ServerRunOptions, run_server
 
     torch.set_num_threads(max(1, args.threads))
     cfg = load_config(args.config)

@@ -1,7 +1,7 @@
 """`hospitalnet simulate`: the eight-hospital network on this machine, end to end.
 
 ``--processes`` runs each hospital as its own OS process talking gRPC with mutual TLS over
-127.0.0.1 (``hospitalnet.launch``) instead of the in-process discrete-event simulation.
+127.0.0.1 (``hospitalnet.deploy.launcher``) instead of the in-process discrete-event simulation.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     command = "hospitalnet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if args.processes:
-        from hospitalnet.launch import run_processes
+        from hospitalnet.deploy.launcher import run_processes
 
         run_dir = run_processes(cfg, out, progress=not args.no_progress, command=command)
     else:

@@ -6,7 +6,8 @@
 
 The node trains with the configured method (ECL by default) and exchanges with its neighbours
 over gRPC with mutual TLS. Neighbour addresses come from ``--network FILE`` when given (see
-``hospitalnet.plan``), else from the manifest's ``network`` section; certificates from ``--pki``
+``hospitalnet.plan``), else from the manifest's ``network`` section (see
+``hospitalnet.deploy.site_process``); certificates from ``--pki``
 (``ca.pem``, ``SITE.pem``, ``SITE.key``) or the manifest. ``--start-at TIME`` holds training
 until an agreed time, so that the hospitals start in step. SIGTERM (or Ctrl-C) writes a final
 checkpoint and exits 0; ``--resume`` continues from the newest good checkpoint in ``--out``.
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from hospitalnet.data.manifest import load_manifest
-    from hospitalnet.node import SiteRunOptions, run_site
+    from hospitalnet.deploy.site_process import SiteRunOptions, run_site
     from hospitalnet.plan import load_plan
 
     torch.set_num_threads(max(1, args.threads))

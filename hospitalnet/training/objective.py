@@ -25,7 +25,7 @@ def masked_bce_with_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.
     return F.binary_cross_entropy_with_logits(logits[known], labels[known])
 
 
-class _EpochSampler:
+class EpochSampler:
     """Shuffled epochs of minibatch indices from an injected generator."""
 
     def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
@@ -40,6 +40,19 @@ class _EpochSampler:
         idx = self._order[self._pos : self._pos + self.batch_size]
         self._pos += self.batch_size
         return idx
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+        """Where the sampler stands: the generator's state, this epoch's order, the position."""
+        return {"generator": self.generator.get_state(), "order": self._order}, {"pos": self._pos}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, int]) -> None:
+        """Continue exactly where :meth:`state_dict` was taken (same next minibatches)."""
+        order = tensors["order"]
+        if order.shape != (self.n,):
+            raise ValueError(f"sampler: saved order has {order.numel()} entries, not {self.n}")
+        self.generator.set_state(tensors["generator"].clone())
+        self._order = order.clone()
+        self._pos = int(meta["pos"])
 
 
 class ChestXrayObjective:
@@ -59,7 +72,7 @@ class ChestXrayObjective:
         self.images = images
         self.labels = labels
         self.num_samples = len(images)
-        self.sampler = _EpochSampler(len(images), batch_size, generator)
+        self.sampler = EpochSampler(len(images), batch_size, generator)
         self.device = flat.flat.device
 
     def init_params(self) -> torch.Tensor:
@@ -96,7 +109,7 @@ class DatasetObjective:
     ) -> None:
         self.flat, self.dataset, self.loss_fn = flat, dataset, loss_fn
         self.num_samples = len(dataset)  # type: ignore[arg-type]
-        self.sampler = _EpochSampler(self.num_samples, batch_size, generator)
+        self.sampler = EpochSampler(self.num_samples, batch_size, generator)
 
     def init_params(self) -> torch.Tensor:
         return self.flat.flat.detach().clone()

@@ -24,7 +24,7 @@ from hospitalnet.config import (
     TrainingConfig,
     WorldConfig,
 )
-from hospitalnet.launch import NetworkLayout, prepare_network, stop_node
+from hospitalnet.deploy.launcher import NetworkLayout, prepare_network, stop_node
 from hospitalnet.plan import NetworkPlan, write_plan
 from hospitalnet.topology import from_edges
 

@@ -13,9 +13,9 @@ from conftest import tiny_config
 
 from hospitalnet.algorithms import SERVER
 from hospitalnet.assembly import initial_model
+from hospitalnet.deploy.launcher import prepare_network
+from hospitalnet.deploy.site_process import SiteProcess, SiteRunOptions, load_site_data
 from hospitalnet.experiment import train_method
-from hospitalnet.launch import prepare_network
-from hospitalnet.node import SiteRunOptions, _SiteRun
 from hospitalnet.transport.base import Transport
 
 
@@ -58,7 +58,8 @@ def test_assembly_simulation_and_site_run_build_equal_contexts_for_every_site(
             global_manifest=layout.global_manifest,
             cache_dir=layout.cache_dir,
         )
-        deployed[site] = _SiteRun(opts, cfg, transport=Silent()).node
+        data = load_site_data(opts, cfg)
+        deployed[site] = SiteProcess(opts, cfg, data, transport=Silent()).node
 
     # assert: equal contexts (neighbours, signs, degrees, loss weight, n_i, w0, mu, lambda, K),
     # equal exchange schedules and equal rules but for D's unit (steps vs seconds)

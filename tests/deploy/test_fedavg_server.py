@@ -22,20 +22,18 @@ import numpy as np
 import pytest
 from conftest import last_checkpoint, wait_for
 
+from hospitalnet.assembly import initial_model
 from hospitalnet.config import dump_config
-from hospitalnet.experiment import train_method
-from hospitalnet.launch import (
+from hospitalnet.deploy.launcher import (
     collect_method,
     start_node,
     start_server,
     wait_nodes,
 )
-from hospitalnet.models import build_model
-from hospitalnet.models.flat import FlatParams
-from hospitalnet.node import node_status
+from hospitalnet.deploy.site_process import node_status
+from hospitalnet.experiment import train_method
 from hospitalnet.plan import write_plan
 from hospitalnet.rundir import RunDir
-from hospitalnet.seeding import int_seed
 
 pytestmark = pytest.mark.network
 
@@ -62,8 +60,7 @@ def test_fedavg_over_nine_processes_computes_what_the_simulation_computes(
     training = cfg.training.model_copy(update={"lr_schedule": "cosine"})
     cfg = cfg.model_copy(update={"methods": ["fedavg"], "training": training})
     layout.config_path.write_text(dump_config(cfg))
-    model = build_model(cfg.model, int_seed(cfg.seed, "model", "init"))
-    flat = FlatParams(model, cfg.model.name)
+    flat = initial_model(cfg)
     w0 = flat.flat.detach().clone()
     _, in_process, _ = train_method("fedavg", cfg, world, flat, w0, progress=False)
 
@@ -73,8 +70,8 @@ def test_fedavg_over_nine_processes_computes_what_the_simulation_computes(
     # assert: all nine exit 0; the server ran every round; the models are the simulation's
     assert codes == {"server": 0, **{s: 0 for s in layout.sites}}
     server = node_status(layout.node_dir("fedavg", "server"))
-    assert server["status"] == "finished"
-    assert server["rounds"] == server["target_rounds"] == 24 // cfg.network.exchange_every
+    assert server.status == "finished"
+    assert server.rounds == server.target_rounds == 24 // cfg.network.exchange_every
     n_train = sum(len(t) for t in world.train.values())
     result = collect_method(layout, "fedavg", n_train, cfg.training.batch_size)
     assert result.finished == list(layout.sites) and result.dead == []
@@ -84,10 +81,10 @@ def test_fedavg_over_nine_processes_computes_what_the_simulation_computes(
             diff = np.abs(result.predictions[k] - in_process["predictions"][k]).max()
             assert diff < 1e-5, f"{k}: processes differ from in-process by {diff}"
     # ... and both sides of every site-server edge counted the model exchanges
-    edges = {(e["a"], e["b"]): e for e in result.network["edges"]}
+    edges = {(e.a, e.b): e for e in result.network.edges}
     assert sorted(edges) == [(s, "server") for s in layout.sites]
     for s in layout.sites:
-        assert edges[(s, "server")]["messages"] == {f"{s}->server": 6, f"server->{s}": 6}
+        assert edges[(s, "server")].messages == {f"{s}->server": 6, f"server->{s}": 6}
 
 
 @pytest.mark.slow
@@ -107,12 +104,12 @@ def test_fedavg_site_killed_for_good_is_dropped_and_the_rounds_go_on_without_it(
     others = [s for s in layout.sites if s != "n3"]
     assert codes == {"server": 0, "n3": -signal.SIGKILL, **{s: 0 for s in others}}
     server_dir = layout.node_dir("fedavg", "server")
-    assert node_status(server_dir)["rounds"] == 75
-    assert node_status(server_dir)["active_sites"] == others
+    assert node_status(server_dir).rounds == 75
+    assert node_status(server_dir).active_sites == others
     for s in others:  # they waited for the server throughout, never alone
         status = node_status(layout.node_dir("fedavg", s))
-        assert status["status"] == "finished" and status["steps"] == 300
-        assert status["isolated"] is False and status["active_neighbours"] == ["server"]
+        assert status.status == "finished" and status.steps == 300
+        assert status.isolated is False and status.active_neighbours == ["server"]
     # ... only n3 was dropped from the rounds; the run lists it dead, its edge inactive
     events = _history_events(server_dir, "fedavg")
     dropped = [e["peer"] for e in events if e["kind"] == "edge_inactive"]
@@ -120,10 +117,10 @@ def test_fedavg_site_killed_for_good_is_dropped_and_the_rounds_go_on_without_it(
     n_train = sum(len(t) for t in world.train.values())
     result = collect_method(layout, "fedavg", n_train, cfg.training.batch_size)
     assert result.dead == ["n3"] and result.finished == others
-    edges = {e["a"]: e for e in result.network["edges"]}
-    assert edges["n3"]["active_at_end"] is False
-    assert all(edges[s]["active_at_end"] for s in others)
-    assert result.network["server"]["status"] == "finished"
+    edges = {e.a: e for e in result.network.edges}
+    assert edges["n3"].active_at_end is False
+    assert all(edges[s].active_at_end for s in others)
+    assert result.network.server.status == "finished"
 
 
 @pytest.mark.slow
@@ -148,9 +145,9 @@ def test_fedavg_site_restarted_within_the_deadline_rejoins_the_rounds(network, p
     assert codes == {"server": 0, **{s: 0 for s in layout.sites}}
     for s in layout.sites:
         status = node_status(layout.node_dir("fedavg", s))
-        assert status["status"] == "finished" and status["steps"] == 300
-    assert node_status(n3_dir)["incarnation"] == 1
-    assert node_status(layout.node_dir("fedavg", "server"))["rounds"] == 75
+        assert status.status == "finished" and status.steps == 300
+    assert node_status(n3_dir).incarnation == 1
+    assert node_status(layout.node_dir("fedavg", "server")).rounds == 75
     # ... and n3's restarted incarnation took part in rounds again (it got global models)
     n3_network = json.loads(RunDir(n3_dir).network_json.read_text())
     assert n3_network["methods"]["fedavg"]["edges"][0]["received_messages"]["server->n3"] >= 1
@@ -171,7 +168,7 @@ def test_fedavg_server_sigtermed_checkpoints_and_resumes_and_every_site_finishes
     procs["server"].send_signal(signal.SIGTERM)
     assert procs["server"].wait(timeout=30) == 0
     stopped = node_status(server_dir)
-    assert stopped["status"] == "stopped" and 0 < stopped["rounds"] < 75
+    assert stopped.status == "stopped" and 0 < stopped.rounds < 75
     procs["server"] = start_server(layout, "fedavg", resume=True)
     processes.append(procs["server"])
     codes = wait_nodes(procs, 300)
@@ -179,12 +176,12 @@ def test_fedavg_server_sigtermed_checkpoints_and_resumes_and_every_site_finishes
     # assert: the server continued from its round count to the last round; all sites finished
     assert codes == {"server": 0, **{s: 0 for s in layout.sites}}
     final = node_status(server_dir)
-    assert final["status"] == "finished" and final["rounds"] == 75
-    assert final["incarnation"] == 1 and final["resumed_from_checkpoint"] is not None
+    assert final.status == "finished" and final.rounds == 75
+    assert final.incarnation == 1 and final.resumed_from_checkpoint is not None
     for s in layout.sites:
         status = node_status(layout.node_dir("fedavg", s))
-        assert status["status"] == "finished" and status["steps"] == 300
-        assert status["active_neighbours"] == ["server"]
+        assert status.status == "finished" and status.steps == 300
+        assert status.active_neighbours == ["server"]
 
 
 @pytest.mark.timeout(180)

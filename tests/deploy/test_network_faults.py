@@ -29,7 +29,7 @@ from conftest import checkpoints, last_checkpoint, macro_auroc, sub_network, tin
 
 from evaluation.report import render_report
 from hospitalnet.checkpoint import load_latest
-from hospitalnet.launch import (
+from hospitalnet.deploy.launcher import (
     collect_method,
     prepare_network,
     release_start,
@@ -37,7 +37,7 @@ from hospitalnet.launch import (
     wait_nodes,
     write_network_run,
 )
-from hospitalnet.node import node_status
+from hospitalnet.deploy.site_process import node_status
 from hospitalnet.rundir import RunDir, read_arrays
 
 pytestmark = pytest.mark.network
@@ -90,12 +90,12 @@ def test_killing_one_of_eight_sites_leaves_the_other_seven_finishing_as_well(
     assert all(codes2[s] == 0 for s in others)
     assert fault.finished == others and fault.dead == ["n3"]
     for s in others:
-        assert node_status(layout2.node_dir("ecl", s))["steps"] == cfg.training.local_steps
+        assert node_status(layout2.node_dir("ecl", s)).steps == cfg.training.local_steps
     # ... n3's neighbours saw it go inactive; the run report lists it dead, its edges inactive
     neighbours = list(layout2.plan.topology().neighbours("n3"))
     assert neighbours, "n3 has neighbours in the plan"
     for s in neighbours:
-        assert "n3" not in node_status(layout2.node_dir("ecl", s))["active_neighbours"]
+        assert "n3" not in node_status(layout2.node_dir("ecl", s)).active_neighbours
     network_json = json.loads(run2.network_json.read_text())["methods"]["ecl"]
     assert network_json["dead_sites"] == ["n3"]
     n3_edges = [e for e in network_json["edges"] if "n3" in (e["a"], e["b"])]
@@ -144,8 +144,8 @@ def test_killed_then_sigtermed_site_resumes_from_its_checkpoints_and_rejoins(net
     assert n2.wait(timeout=30) == 0
     stopped = node_status(n2_dir)
     after_term = load_latest(n2_dir / "checkpoints", _fingerprint(n2_dir, layout, cfg))
-    assert stopped["status"] == "stopped"
-    assert after_term.meta["step"] == stopped["steps"] > at_kill.meta["step"]
+    assert stopped.status == "stopped"
+    assert after_term.meta["step"] == stopped.steps > at_kill.meta["step"]
     n2 = start_node(layout, "n2", "ecl", resume=True)
     processes.append(n2)
     codes = wait_nodes({"n1": n1, "n2": n2}, 200)
@@ -153,9 +153,9 @@ def test_killed_then_sigtermed_site_resumes_from_its_checkpoints_and_rejoins(net
     # assert: both finish every step; n2 continued from its checkpoints each time
     assert codes == {"n1": 0, "n2": 0}
     final_n1, final_n2 = node_status(layout.node_dir("ecl", "n1")), node_status(n2_dir)
-    assert final_n1["status"] == final_n2["status"] == "finished"
-    assert final_n1["steps"] == final_n2["steps"] == cfg.training.local_steps
-    assert final_n2["incarnation"] == 2 and final_n2["resumed_from_checkpoint"] is not None
+    assert final_n1.status == final_n2.status == "finished"
+    assert final_n1.steps == final_n2.steps == cfg.training.local_steps
+    assert final_n2.incarnation == 2 and final_n2.resumed_from_checkpoint is not None
     losses = json.loads(RunDir(n2_dir).history("ecl").read_text())["loss"]
     assert [p["local_step"] for p in losses] == list(range(0, cfg.training.local_steps, 10))
     # ... n1 saw n2 go inactive and come back, and took n2's messages after the restarts
@@ -163,7 +163,7 @@ def test_killed_then_sigtermed_site_resumes_from_its_checkpoints_and_rejoins(net
     kinds = [e["kind"] for e in events["events"] if e.get("peer") == "n2"]
     assert "edge_inactive" in kinds
     assert kinds.index("edge_active", kinds.index("edge_inactive")) > 0
-    assert final_n1["active_neighbours"] == ["n2"]
+    assert final_n1.active_neighbours == ["n2"]
     edge = json.loads(RunDir(layout.node_dir("ecl", "n1")).network_json.read_text())
     edge = edge["methods"]["ecl"]["edges"][0]
     assert edge["received_messages"]["n2->n1"] >= cfg.training.local_steps // 4 // 2
@@ -263,8 +263,8 @@ def test_frozen_neighbour_is_dropped_stale_and_taken_back_then_a_lone_site_train
     # assert: n1 finished alone, said so, and never spun a core while pacing/idle
     assert codes == {"n1": 0}
     status = node_status(n1_dir)
-    assert status["status"] == "finished" and status["steps"] == cfg.training.local_steps
-    assert status["isolated"] is True and status["active_neighbours"] == []
+    assert status.status == "finished" and status.steps == cfg.training.local_steps
+    assert status.isolated is True and status.active_neighbours == []
     history = json.loads(RunDir(n1_dir).history("ecl").read_text())
     kinds = [(e["kind"], e.get("peer")) for e in history["events"]]
     first_inactive = kinds.index(("edge_inactive", "n2"))

@@ -15,7 +15,6 @@ from hospitalnet.config import ECLConfig, ExperimentConfig
 from hospitalnet.data.manifest import SiteManifest, load_manifest
 from hospitalnet.errors import ConfigError
 from hospitalnet.messages import Message, MessageKind
-from hospitalnet.node import restore_state, state_to_checkpoint
 from hospitalnet.plan import load_plan, plan_from_manifest, write_plan
 from hospitalnet.topology import build_topology, from_edges
 
@@ -113,16 +112,15 @@ def test_ecl_state_survives_a_checkpoint_and_continues_identically(tmp_path):
     algo, state = _ecl_state(0)
     state = _advance(algo, state, 7, seed=1)
     state = algo.set_edge_active(state, "c", False)
-    tensors, meta = state_to_checkpoint(state)
+    tensors, meta = algo.state_dict(state)
     save_checkpoint(tmp_path, tensors, {"state": meta}, model_fingerprint="fp")
-    algo2, twin = _ecl_state(0)
-    twin = restore_state(twin, tensors, meta)
+    algo2, _ = _ecl_state(0)
     straight = _advance(algo, state, 5, seed=2)
 
     # execute: restore a fresh state from the file, continue it the same way
     ckpt = load_latest(tmp_path, "fp")
     _, fresh = _ecl_state(0)
-    fresh = restore_state(fresh, ckpt.tensors, ckpt.meta["state"])
+    fresh = algo2.load_state_dict(fresh, ckpt.tensors, ckpt.meta["state"])
     resumed = _advance(algo2, fresh, 5, seed=2)
 
     # assert: same model, same duals, same edge states and counters
@@ -131,7 +129,7 @@ def test_ecl_state_survives_a_checkpoint_and_continues_identically(tmp_path):
     torch.testing.assert_close(resumed.w, straight.w, rtol=1e-6, atol=1e-6)
     for j in ("b", "c"):
         torch.testing.assert_close(resumed.z[j], straight.z[j], rtol=1e-6, atol=1e-6)
-    assert "state.coupling" not in tensors  # a cache, re-summed after the restore
+    assert "coupling" not in tensors and "dirty" not in meta  # caches, re-summed after the restore
 
 
 def test_a_fedavg_site_restored_while_waiting_steps_on_instead_of_waiting_for_ever(tmp_path):
@@ -146,10 +144,10 @@ def test_a_fedavg_site_restored_while_waiting_steps_on_instead_of_waiting_for_ev
     for _ in range(8):
         state = algo.local_step(state, 1.0, torch.ones(3))
     assert not algo.ready(state)  # waiting for the global model of round 2
-    tensors, meta = state_to_checkpoint(state)
+    tensors, meta = algo.state_dict(state)
 
     # execute: the restarted process restores it
-    restored = restore_state(algo.init(ctx), tensors, meta)
+    restored = algo.load_state_dict(algo.init(ctx), tensors, meta)
     restored = algo.restarted(restored)
 
     # assert: same model and counters, but not waiting (that global model went to the dead

@@ -17,7 +17,8 @@ import numpy as np
 import yaml
 
 from hospitalnet.labels import LABELS, NUM_LABELS
-from hospitalnet.rundir import RunDir, key, write_arrays, write_json
+from hospitalnet.rundir import RunDir, key, write_arrays
+from hospitalnet.rundir_schema import DataSummary, History, NetworkRecord, RunInfo
 
 SITES = [f"n{i}" for i in range(1, 9)]
 METHODS = ["ecl", "gossip", "fedavg", "pooled"]
@@ -44,10 +45,11 @@ def write_run_dir(
     network: dict[str, Any] | None = None,
     config: dict[str, Any] | None = None,
 ) -> RunDir:
-    """Write the files of a run directory exactly as training would."""
+    """Write the files of a run directory exactly as training would (through the schema types,
+    so a fake that drifts from the schema fails here)."""
     rd = RunDir(root)
     rd.root.mkdir(parents=True, exist_ok=True)
-    write_json(rd.run_json, info)
+    RunInfo.model_validate(info).write(rd.run_json)
     arrays = {}
     for name, (labels, patients) in testsets.items():
         arrays[key(name, "labels")] = labels.astype(np.float32)
@@ -56,11 +58,11 @@ def write_run_dir(
     for method, arrs in predictions.items():
         write_arrays(rd.predictions(method), arrs)
     for method, history in (histories or {}).items():
-        write_json(rd.history(method), history)
+        History.model_validate(history).write(rd.history(method))
     if data is not None:
-        write_json(rd.data_json, data)
+        DataSummary.model_validate(data).write(rd.data_json)
     if network is not None:
-        write_json(rd.network_json, network)
+        NetworkRecord.model_validate(network).write(rd.network_json)
     if config is not None:
         rd.config.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return rd
@@ -158,11 +160,11 @@ def make_fake_run(
                 for s in sites
                 for step in range(0, 500, 50)
             ],
-            "events": [{"time": 250.0, "kind": "edge_inactive", "edge": ["n4", "n5"]}],
+            "events": [{"time": 250.0, "site": "n4", "kind": "edge_inactive", "peer": "n5"}],
         }
     info = {
         "seed": seed,
-        "mode": "simulation" if len(sites) > 1 else "site",
+        "mode": "simulation" if len(sites) > 1 else "deployment",
         "methods": methods,
         "sites": sites,
         "started": "2025-01-02T03:04:05+00:00",

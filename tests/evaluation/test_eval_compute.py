@@ -262,7 +262,9 @@ def test_bad_wall_time_is_named(tmp_path):
     info = json.loads(rd.run_json.read_text())
     info["wall_seconds"]["per_method"]["ecl"] = "fast"
     rd.run_json.write_text(json.dumps(info))
-    with pytest.raises(DataError, match=r"run\.json: wall_seconds: ecl: expected a number"):
+    with pytest.raises(
+        DataError, match=r"run\.json: wall_seconds\.per_method\.ecl: Input should be a valid number"
+    ):
         evaluate_run(load_run(tmp_path), n_resamples=0)
 
 

@@ -1,31 +1,29 @@
 """The FedAvg / FedProx aggregation server as its own process: ``hospitalnet server run``.
 
 The peer-to-peer methods need nobody in the middle; FedAvg and FedProx do. This process runs the
-same :class:`~hospitalnet.site.ServerNode` loop and :class:`~hospitalnet.algorithms.fedavg.
-FedAvgServer` transitions as the in-process simulation, over
-:class:`~hospitalnet.transport.grpc.GrpcTransport` with mutual TLS under the reserved identity
-``server`` (``hospitalnet pki issue server``), listening on the plan's ``server.address``. The
-hospitals run ``hospitalnet site run --method fedavg`` with the same plan.
+server loop the simulation runs (:class:`~hospitalnet.site.ServerNode`, built by
+:func:`hospitalnet.assembly.build_server`) over :class:`~hospitalnet.transport.grpc.
+GrpcTransport` with mutual TLS under the reserved identity ``server`` (``hospitalnet pki issue
+server``), listening on the plan's ``server.address``. The hospitals run ``hospitalnet site run
+--method fedavg`` with the same plan.
 
-- **Start.** The global model starts at w0, built from the config's model and seed exactly as the
-  sites build theirs (the model fingerprint in every envelope checks that they agree). The
-  average is weighted by n_i, so the plan must give every site's ``train_samples``.
+- **Start.** The global model starts at w0 (:func:`hospitalnet.assembly.initial_model`), as the
+  sites' do (the model fingerprint in every envelope checks that they agree). The average is
+  weighted by n_i, so the plan must give every site's ``train_samples``.
 - **Rounds.** Once every site it considers active has sent its model, the server averages and
   sends the new global model to every site. The run is over after ``local_steps // K`` rounds
   (the last round every site takes part in), when no site has been heard for
   ``deploy.inactive_after_s`` after the first round, at ``deploy.max_wall_s`` or on SIGTERM. It
   then waits (at most ``deploy.linger_max_s``) until the last global model has left for every
   live site.
-- **Liveness.** A FedAvg site sends nothing while it waits for the global model and the server
-  sends nothing while it waits for the slowest site, so on server edges a heartbeat counts as
-  being heard, at both ends (:func:`hospitalnet.node.hear_heartbeats`). A killed site goes
-  inactive after D seconds and the rounds go on without it; it rejoins with its next model.
-- **Checkpoints.** The global model, the round count and the per-site receive marks, every
-  ``deploy.checkpoint_every`` local steps' worth of rounds, at the end and on SIGTERM;
-  ``--resume`` continues from the newest good one (sequence numbers restart above
-  ``incarnation << 40``, as a site's do).
-- **Outputs.** ``node.json`` (how it ended, rounds), ``network.json`` (its side of every edge) and
-  ``history/<method>.json`` (events) in its own run directory.
+- **Liveness.** On server edges a heartbeat counts as being heard, at both ends
+  (:func:`hospitalnet.deploy.liveness.hear_heartbeats`). A killed site goes inactive after D
+  seconds and the rounds go on without it; it rejoins with its next model.
+- **Checkpoints.** Through the server loop's ``state_dict``: the global model, the round count and
+  the per-site receive marks, every ``deploy.checkpoint_every`` local steps' worth of rounds, at
+  the end and on SIGTERM; ``--resume`` continues from the newest good one.
+- **Outputs.** ``node.json``, ``network.json`` (its side of every edge) and
+  ``history/<method>.json`` (events, rounds) in its own run directory.
 """
 
 from __future__ import annotations
@@ -36,19 +34,26 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from hospitalnet import __version__
-from hospitalnet.algorithms import make_algorithm
-from hospitalnet.algorithms.fedavg import SERVER
-from hospitalnet.assembly import build_server, initial_model, site_rules
+from hospitalnet.algorithms import SERVER, make_algorithm
+from hospitalnet.assembly import build_server, initial_model, server_sample_counts, site_rules
 from hospitalnet.checkpoint import load_latest, save_checkpoint
 from hospitalnet.config import ExperimentConfig, dump_config
+from hospitalnet.deploy.liveness import hear_heartbeats, seq_floor, transport_limits
+from hospitalnet.deploy.site_outputs import edge_record, transport_events
 from hospitalnet.errors import ConfigError
-from hospitalnet.node import SEQ_EPOCH_BITS, edge_summary, hear_heartbeats, transport_limits
 from hospitalnet.pki import site_credentials
 from hospitalnet.plan import NetworkPlan
-from hospitalnet.rundir import RunDir, atomic_write_bytes, write_json
+from hospitalnet.rundir import RunDir, atomic_write_bytes
+from hospitalnet.rundir_schema import (
+    History,
+    MethodNetwork,
+    NetworkRecord,
+    NodeStatus,
+    TopologyRecord,
+    event_records,
+)
 from hospitalnet.site import Event
 from hospitalnet.transport.grpc import GrpcTransport
 
@@ -78,8 +83,8 @@ class ServerOutcome:
     detail: str = ""
 
 
-class _ServerRun:
-    """Everything one server run holds (internal; :func:`run_server` is the entry point)."""
+class ServerProcess:
+    """One server run: the assembled server loop, its transport, checkpoints and outputs."""
 
     def __init__(self, opts: ServerRunOptions, cfg: ExperimentConfig) -> None:
         self.opts, self.cfg = opts, cfg
@@ -88,20 +93,19 @@ class _ServerRun:
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.run = RunDir(opts.out)
         self.ckpt_dir = self.run.root / "checkpoints"
-        algorithm = make_algorithm(opts.method, cfg.ecl, cfg.fedprox)
-        if not algorithm.uses_server:
+        if not make_algorithm(opts.method, cfg.ecl, cfg.fedprox).uses_server:
             raise ConfigError(
                 f"method {opts.method!r} is peer to peer and has no server; use fedavg or fedprox"
             )
-        plan = opts.plan
+        plan = self.plan = opts.plan
         listen = opts.listen or plan.server_address
         if not listen:
             raise ConfigError("network plan: server.address: needed to run the server")
         no_address = [s for s in plan.sites if s not in plan.addresses]
         if no_address:
             raise ConfigError(f"network plan: sites.{no_address[0]}.address: missing")
+        server_sample_counts(plan)  # a plan the server cannot use fails before any socket
         self.flat = initial_model(cfg)
-        w0 = self.flat.flat.detach().clone()
         self.transport = GrpcTransport(
             SERVER,
             listen,
@@ -113,37 +117,35 @@ class _ServerRun:
         )
         try:
             self.node = build_server(
-                plan, self.transport, self._clock, site_rules(cfg, "seconds"), w0=w0
+                plan,
+                self.transport,
+                self.clock,
+                site_rules(cfg, "seconds"),
+                w0=self.flat.flat.detach().clone(),
             )
         except BaseException:
             self.transport.close()  # a plan the server cannot use: nothing keeps running
             raise
-        self.plan = plan
         self.target_rounds = cfg.training.local_steps // cfg.network.exchange_every
         self.incarnation = 0
         self.resumed_from: int | None = None
 
-    def _clock(self) -> float:
+    def clock(self) -> float:
         return time.monotonic() - self.t0
 
     # ---- checkpoints ----------------------------------------------------------------------
     def save(self) -> Path:
-        node = self.node
-        meta: dict[str, Any] = {
+        tensors, meta = self.node.state_dict()
+        meta = {
             "site": SERVER,
             "method": self.opts.method,
             "seed": self.cfg.seed,
             "incarnation": self.incarnation,
-            "rounds": node.state.rounds,
-            "pending_step": node.state.pending_step,
-            "seq": dict(node._seq),
-            "peers": {
-                s: {"last_seq": p.last_seq, "active": p.active} for s, p in node.book.peers.items()
-            },
+            **meta,
         }
         return save_checkpoint(
             self.ckpt_dir,
-            {"state.w": node.state.w},
+            tensors,
             meta,
             model_fingerprint=self.flat.fingerprint(),
             keep=self.cfg.deploy.checkpoints_kept,
@@ -160,26 +162,14 @@ class _ServerRun:
                 f"{ckpt.path}: written by {meta.get('site')!r} / method {meta.get('method')!r}, "
                 f"not the {self.opts.method} server"
             )
-        node = self.node
-        node.state.w.copy_(ckpt.tensors["state.w"])
-        node.state.rounds = int(meta["rounds"])
-        node.state.pending_step = int(meta["pending_step"])
         self.incarnation = int(meta["incarnation"]) + 1
-        base = self.incarnation << SEQ_EPOCH_BITS
-        node._seq = {s: max(int(meta["seq"].get(s, 0)), base) for s in node._seq}
-        for s, p in node.book.peers.items():
-            if s in meta["peers"]:
-                p.last_seq = int(meta["peers"][s]["last_seq"])
+        self.node.load_state_dict(ckpt.tensors, meta, seq_floor=seq_floor(self.incarnation))
         self.resumed_from = ckpt.index
-        node.events.append(
-            Event(
-                self._clock(),
-                SERVER,
-                "resumed",
-                detail=f"checkpoint {ckpt.index} round {node.state.rounds}",
-            )
+        rounds = self.node.state.rounds
+        self.node.events.append(
+            Event(self.clock(), SERVER, "resumed", detail=f"checkpoint {ckpt.index} round {rounds}")
         )
-        log.info("server: resumed from checkpoint %d at round %d", ckpt.index, node.state.rounds)
+        log.info("server: resumed from checkpoint %d at round %d", ckpt.index, rounds)
 
     # ---- the loop -------------------------------------------------------------------------
     def loop(self, stop: threading.Event) -> str:
@@ -193,7 +183,7 @@ class _ServerRun:
             if time.monotonic() > deadline:
                 log.warning("server: deploy.max_wall_s reached; stopping")
                 return "stopped"
-            hear_heartbeats(node.book, self.transport, self._clock())
+            hear_heartbeats(node.book, self.transport, self.clock())
             if node.tick():
                 if d.checkpoint_every and node.state.rounds % every == 0:
                     self.save()
@@ -210,12 +200,11 @@ class _ServerRun:
 
     # ---- outputs --------------------------------------------------------------------------
     def write_outputs(self, status: str, wall: float) -> None:
-        method, node, run = self.opts.method, self.node, self.run
-        atomic_write_bytes(run.config, dump_config(self.cfg).encode())
-        sent = self.transport.stats()
-        received = node.book.stats()
+        method, node, rd = self.opts.method, self.node, self.run
+        atomic_write_bytes(rd.config, dump_config(self.cfg).encode())
+        sent, received = self.transport.stats(), node.book.stats()
         edges = [
-            edge_summary(
+            edge_record(
                 SERVER,
                 s,
                 (s, SERVER),
@@ -226,50 +215,31 @@ class _ServerRun:
             )
             for s in self.plan.sites
         ]
-        events = [
-            {"time": e.time, "site": e.site, "kind": e.kind, "peer": e.peer, "detail": e.detail}
-            for e in node.events
-        ]
-        events += [
-            {
-                "time": t - self.wall0,
-                "site": SERVER,
-                "kind": f"transport_{new}",
-                "peer": nbr,
-                "detail": f"was {old}",
-            }
-            for t, nbr, old, new in self.transport.neighbour_events()
-        ]
-        events.sort(key=lambda e: (e["time"], e["kind"], e["peer"] or ""))
-        write_json(run.history(method), {"events": events, "rounds": node.state.rounds})
-        write_json(
-            run.network_json,
-            {
-                "topology": {
-                    "kind": "star",
-                    "nodes": [*self.plan.sites, SERVER],
-                    "edges": [[s, SERVER] for s in self.plan.sites],
-                },
-                "methods": {method: {"edges": edges, "isolated_sites": [], "dead_sites": []}},
-            },
-        )
-        write_json(
-            run.root / "node.json",
-            {
-                "site": SERVER,
-                "method": method,
-                "status": status,
-                "rounds": node.state.rounds,
-                "target_rounds": self.target_rounds,
-                "resumed_from_checkpoint": self.resumed_from,
-                "incarnation": self.incarnation,
-                "active_sites": [s for s, p in node.book.peers.items() if p.active],
-                "wall_seconds": wall,
-                "started": self.started,
-                "command": self.opts.command,
-                "hospitalnet": __version__,
-            },
-        )
+        events = [*node.events, *transport_events(self.transport, SERVER, self.wall0)]
+        events.sort(key=lambda e: (e.time, e.kind, e.peer or ""))
+        History(events=event_records(events), rounds=node.state.rounds).write(rd.history(method))
+        NetworkRecord(
+            topology=TopologyRecord(
+                kind="star",
+                nodes=[*self.plan.sites, SERVER],
+                edges=[[s, SERVER] for s in self.plan.sites],
+            ),
+            methods={method: MethodNetwork(edges=edges, isolated_sites=[], dead_sites=[])},
+        ).write(rd.network_json)
+        NodeStatus(
+            site=SERVER,
+            method=method,
+            status=status,  # type: ignore[arg-type]
+            rounds=node.state.rounds,
+            target_rounds=self.target_rounds,
+            resumed_from_checkpoint=self.resumed_from,
+            incarnation=self.incarnation,
+            active_sites=[s for s, p in node.book.peers.items() if p.active],
+            wall_seconds=wall,
+            started=self.started,
+            command=self.opts.command,
+            hospitalnet=__version__,
+        ).write(rd.root / "node.json")
 
 
 def run_server(
@@ -283,7 +253,7 @@ def run_server(
             f"{opts.out}: holds checkpoints of an earlier run; use --resume or another --out"
         )
     t0 = time.monotonic()
-    run = _ServerRun(opts, cfg)
+    run = ServerProcess(opts, cfg)
     try:
         if opts.resume:
             run.resume()
@@ -296,4 +266,4 @@ def run_server(
     return ServerOutcome(status, run.node.state.rounds, time.monotonic() - t0)
 
 
-__all__ = ["ServerOutcome", "ServerRunOptions", "run_server"]
+__all__ = ["ServerOutcome", "ServerProcess", "ServerRunOptions", "run_server"]

@@ -1,6 +1,7 @@
 """`hospitalnet simulate --processes`: the eight hospitals as eight OS processes on 127.0.0.1.
 
-Each hospital is a ``hospitalnet site run`` child process (:mod:`hospitalnet.node`) with mutual
+Each hospital is a ``hospitalnet site run`` child process (:mod:`hospitalnet.deploy.site_process`)
+with mutual
 TLS from a throw-away PKI made in the run directory, the network plan of the configured topology
 (:mod:`hospitalnet.plan`) and the same experiment config as the in-process simulation. The
 parent only starts the children, waits for them with a deadline (then SIGTERM, then SIGKILL, each
@@ -17,7 +18,7 @@ run writes, so that both are compared by the same evaluation::
 
 Methods: the peer-to-peer ones (ecl and its variants, gossip, local) run as eight processes;
 fedavg / fedprox as eight site processes plus a ninth, the aggregation server
-(``hospitalnet server run``, :mod:`hospitalnet.server`), with its own certificate and the plan's
+(``hospitalnet server run``, :mod:`hospitalnet.deploy.server_process`), with its own certificate and the plan's
 ``server.address``; pooled is the centralised reference and is trained in the parent, as
 in-process. A site whose process did not finish is left out of the run's ``sites`` and listed in
 ``network.json`` under ``dead_sites``; its edges show inactive.
@@ -27,37 +28,24 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-import torch
-
 import hospitalnet
-from hospitalnet import __version__, pki
-from hospitalnet.algorithms import make_algorithm
-from hospitalnet.algorithms.fedavg import SERVER
+from hospitalnet import pki
+from hospitalnet.algorithms import SERVER, make_algorithm
 from hospitalnet.assembly import initial_model
 from hospitalnet.config import ExperimentConfig, dump_config
-from hospitalnet.experiment import POOLED, data_summary, train_method
-from hospitalnet.node import node_status
+from hospitalnet.deploy.collect import MethodRun, collect_method, write_network_run
+from hospitalnet.experiment import POOLED, train_method
 from hospitalnet.plan import NetworkPlan, write_plan
-from hospitalnet.rundir import (
-    RunDir,
-    atomic_write_bytes,
-    key,
-    read_arrays,
-    write_arrays,
-    write_json,
-)
-from hospitalnet.rundir import read_json as read_json_file
+from hospitalnet.rundir import RunDir, atomic_write_bytes
 from hospitalnet.rundir_schema import GLOBAL
 from hospitalnet.topology import build_topology
 from hospitalnet.world import World, ensure_world, load_world
@@ -83,18 +71,6 @@ class NetworkLayout:
 
     def node_dir(self, method: str, site: str) -> Path:
         return self.root / "nodes" / method / site
-
-
-@dataclass
-class MethodRun:
-    method: str
-    finished: list[str]
-    dead: list[str]
-    returncodes: dict[str, int | None]
-    wall: float
-    predictions: dict[str, np.ndarray] = field(default_factory=dict)
-    history: dict = field(default_factory=dict)
-    network: dict = field(default_factory=dict)
 
 
 def free_port() -> int:
@@ -193,7 +169,8 @@ def release_start(
     common start time (``lead_s`` from now) to ``start_file``; return the sites that were late.
 
     Eight processes starting on a small machine become ready seconds apart; started as they
-    come, they would train out of phase for the whole run (see ``_SiteRun.wait_for_start``).
+    come, they would train out of phase for the whole run (see
+    :func:`hospitalnet.deploy.liveness.wait_for_start`).
     """
     deadline = time.monotonic() + timeout_s
     waiting = [s for s in layout.sites if s in procs]
@@ -284,93 +261,6 @@ def node_timeout(cfg: ExperimentConfig) -> float:
     return min(d.max_wall_s + 60.0, d.startup_wait_s + training + d.linger_max_s + 120.0)
 
 
-def collect_method(layout: NetworkLayout, method: str, n_train: int, batch: int) -> MethodRun:
-    """Gather the children's run directories of ``method`` into one method's outputs."""
-    finished, dead = [], []
-    preds: dict[str, np.ndarray] = {}
-    losses, events = [], []
-    edges: dict[tuple[str, str], dict] = {}
-    isolated = []
-    eval_points: list[dict] = []
-    for site in layout.sites:
-        node_dir = layout.node_dir(method, site)
-        status = node_status(node_dir)
-        if status is None or status.get("status") != "finished":
-            dead.append(site)
-            continue
-        finished.append(site)
-        run = RunDir(node_dir)
-        preds.update(read_arrays(run.predictions(method)))
-        history = read_json_file(run.history(method))
-        losses += history.get("loss", [])
-        events += history.get("events", [])
-        if not eval_points:
-            eval_points = history.get("eval_points", [])
-        if status.get("isolated"):
-            isolated.append(site)
-        network = read_json_file(run.network_json)
-        for e in network["methods"][method]["edges"]:
-            pair = (e["a"], e["b"])
-            m = edges.setdefault(
-                pair,
-                {
-                    "a": e["a"],
-                    "b": e["b"],
-                    "messages": {},
-                    "bytes": {},
-                    "dropped": 0,
-                    "stale": 0,
-                    "duplicates": 0,
-                    "rejected": 0,
-                    "inactive_events": 0,
-                    "active_at_end": True,
-                },
-            )
-            m["messages"].update(e["messages"])
-            m["bytes"].update(e["bytes"])
-            for counter in ("dropped", "stale", "duplicates", "rejected", "inactive_events"):
-                m[counter] += int(e[counter])
-            m["active_at_end"] = m["active_at_end"] and bool(e["active_at_end"])
-    server_dir = layout.node_dir(method, SERVER)
-    server_status = node_status(server_dir)
-    if server_status is not None:  # FedAvg / FedProx: the server's side of every edge
-        network = read_json_file(RunDir(server_dir).network_json)
-        for e in network["methods"][method]["edges"]:
-            m = edges.get((e["a"], e["b"]))
-            if m is None:  # a dead site's edge: only the server saw it
-                m = edges.setdefault((e["a"], e["b"]), {**e, "messages": {}, "bytes": {}})
-                m.update({k: 0 for k in ("dropped", "stale", "duplicates", "rejected")})
-                m["inactive_events"] = 0
-            m["messages"].update(e["messages"])
-            m["bytes"].update(e["bytes"])
-            for counter in ("dropped", "stale", "duplicates", "rejected", "inactive_events"):
-                m[counter] += int(e[counter])
-            m["active_at_end"] = m["active_at_end"] and bool(e["active_at_end"])
-        events += read_json_file(RunDir(server_dir).history(method)).get("events", [])
-    for m in edges.values():
-        if m["a"] in dead or m["b"] in dead:
-            m["active_at_end"] = False
-    parallel = len(layout.sites)
-    for p in eval_points:
-        p["epochs"] = float(p["local_steps"]) * batch * parallel / max(n_train, 1)
-    events.sort(key=lambda e: (e["time"], e["site"], e["kind"]))
-    return MethodRun(
-        method=method,
-        finished=finished,
-        dead=dead,
-        returncodes={},
-        wall=0.0,
-        predictions=preds,
-        history={"eval_points": eval_points, "loss": losses, "events": events},
-        network={
-            "edges": list(edges.values()),
-            "isolated_sites": isolated,
-            "dead_sites": dead,
-            **({"server": server_status} if server_status is not None else {}),
-        },
-    )
-
-
 def run_method_processes(
     layout: NetworkLayout, cfg: ExperimentConfig, method: str, n_train: int
 ) -> MethodRun:
@@ -397,77 +287,6 @@ def run_method_processes(
         if rc != 0:
             log.warning("site %s exited with code %s (log: %s.log)", site, rc, site)
     return result
-
-
-def write_network_run(
-    layout: NetworkLayout,
-    cfg: ExperimentConfig,
-    world: World,
-    results: dict[str, MethodRun],
-    *,
-    started: str,
-    command: str,
-    total_wall: float,
-    pooled_wall: float | None = None,
-) -> RunDir:
-    """The merged run directory (layout of ``hospitalnet.rundir``)."""
-    run = RunDir(layout.root)
-    sites = list(layout.sites)
-    testsets = {
-        key(GLOBAL, "labels"): world.global_test.labels.numpy(),
-        key(GLOBAL, "patients"): world.global_test.patients.numpy(),
-    }
-    for site in sites:
-        testsets[key(f"local_{site}", "labels")] = world.local_test[site].labels.numpy()
-        testsets[key(f"local_{site}", "patients")] = world.local_test[site].patients.numpy()
-    write_arrays(run.testsets, testsets)
-    write_json(run.data_json, data_summary(world))
-    network: dict = {
-        "topology": {
-            "kind": cfg.topology.kind,
-            "nodes": sites,
-            "edges": [list(e) for e in layout.plan.edges],
-        },
-        "methods": {},
-    }
-    walls, throughput = {}, {}
-    dead: set[str] = set()
-    for method, res in results.items():
-        write_arrays(run.predictions(method), res.predictions)
-        write_json(run.history(method), res.history)
-        walls[method] = res.wall
-        if method != POOLED:
-            network["methods"][method] = res.network
-            dead.update(res.dead)
-        steps = cfg.training.local_steps * len(res.finished)
-        throughput[method] = steps * cfg.training.batch_size / max(res.wall, 1e-9)
-    write_json(run.network_json, network)
-    alive = [s for s in sites if s not in dead]
-    write_json(
-        run.run_json,
-        {
-            "seed": cfg.seed,
-            "mode": "processes",
-            "methods": list(results),
-            "sites": alive,
-            "dead_sites": sorted(dead),
-            "started": started,
-            "command": command,
-            "device": "cpu",
-            "wall_seconds": {"total": total_wall, "per_method": walls},
-            "images_per_second": throughput,
-            "versions": {
-                "hospitalnet": __version__,
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "numpy": np.__version__,
-                "platform": f"{platform.system()} {platform.machine()}",
-                "torch_threads": 1,
-            },
-            "argv": sys.argv[1:],
-        },
-    )
-    return run
 
 
 def run_processes(
@@ -503,13 +322,7 @@ def run_processes(
         w0 = flat.flat.detach().clone()
         _, stored, wall = train_method(POOLED, cfg, world, flat, w0, progress=progress)
         results[POOLED] = MethodRun(
-            POOLED,
-            list(layout.sites),
-            [],
-            {},
-            wall,
-            stored["predictions"],
-            stored["history"],
+            POOLED, list(layout.sites), [], {}, wall, stored["predictions"], stored["history"]
         )
     return write_network_run(
         layout,
@@ -519,6 +332,7 @@ def run_processes(
         started=started,
         command=command,
         total_wall=time.perf_counter() - t_start,
+        argv=sys.argv[1:],
     )
 
 
