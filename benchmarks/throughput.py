@@ -51,7 +51,7 @@ from hospitalnet.models import build_model  # noqa: E402
 from hospitalnet.models.flat import FlatParams  # noqa: E402
 from hospitalnet.seeding import torch_generator  # noqa: E402
 from hospitalnet.simulation import run_network, run_pooled  # noqa: E402
-from hospitalnet.training.objective import ChestXrayObjective  # noqa: E402
+from hospitalnet.training.torch_objectives import ChestXrayObjective  # noqa: E402
 from hospitalnet.world import World, ensure_world, load_world  # noqa: E402
 
 

@@ -42,8 +42,8 @@ from hospitalnet.plan import NetworkPlan
 from hospitalnet.seeding import int_seed, torch_generator
 from hospitalnet.site import Clock, ExchangeSchedule, ServerNode, SiteNode, SiteRules
 from hospitalnet.topology import Topology, isolated
-from hospitalnet.training.objective import ChestXrayObjective
 from hospitalnet.training.schedule import lr_schedule as config_lr_schedule
+from hospitalnet.training.torch_objectives import ChestXrayObjective
 from hospitalnet.transport.base import Transport
 
 #: The seed label of the common initial model: ``int_seed(cfg.seed, *W0_SEED)``.

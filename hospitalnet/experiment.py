@@ -41,8 +41,8 @@ from hospitalnet.rundir_schema import (
     loss_points,
 )
 from hospitalnet.simulation import SimulationResult, run_network, run_pooled
-from hospitalnet.training.objective import predict_proba
 from hospitalnet.training.schedule import lr_schedule
+from hospitalnet.training.torch_objectives import predict_proba
 from hospitalnet.world import World, ensure_world, load_world, write_testsets_and_data
 
 log = logging.getLogger(__name__)

@@ -45,7 +45,7 @@ from hospitalnet.transport.simulated import (
     NO_FAULTS,
     Faults,
     LinkFault,
-    Partition,
+    NetworkSplit,
     SimulatedNetwork,
     SiteOutage,
 )
@@ -182,7 +182,7 @@ def run_network(
     network:
         K, latency, drops, speeds, staleness, inactivity (``NetworkConfig``).
     faults:
-        Injected outages, partitions and link faults (tests).
+        Injected outages, network splits and link faults (tests).
     w0:
         Common initial parameters; None = the first site's ``objective.init_params()``.
     eval_every, eval_fn:
@@ -485,7 +485,7 @@ class _Simulation:
 __all__ = [
     "Faults",
     "LinkFault",
-    "Partition",
+    "NetworkSplit",
     "SimulationResult",
     "SiteOutage",
     "run_network",

@@ -11,7 +11,7 @@ from hospitalnet.labels import NUM_LABELS
 from hospitalnet.models import build_model
 from hospitalnet.models.flat import FlatParams
 from hospitalnet.seeding import torch_generator
-from hospitalnet.training.objective import ChestXrayObjective
+from hospitalnet.training.torch_objectives import ChestXrayObjective
 from hospitalnet.world import ensure_world
 
 CONFIG = "configs/chestxray14-gpu.yaml"

@@ -12,7 +12,7 @@ from hospitalnet.seeding import torch_generator
 from hospitalnet.simulation import (
     Faults,
     LinkFault,
-    Partition,
+    NetworkSplit,
     SiteOutage,
     run_network,
     run_pooled,
@@ -153,7 +153,7 @@ def test_a_slow_site_is_not_treated_as_stale_and_catches_up_with_the_others():
     assert error(result) < 1e-6
 
 
-# ---- outages and partitions -------------------------------------------------------------------
+# ---- outages and network splits -------------------------------------------------------------------
 def test_killed_then_restarted_site_edges_go_inactive_and_come_back():
     net = NetworkConfig(inactive_after=40)
     outage = SiteOutage("n3", start=200.0, end=400.0, kind="kill")
@@ -189,10 +189,10 @@ def test_site_whose_neighbours_all_die_trains_alone_and_reports_isolation():
 
 def test_partition_then_heal_reconnects_and_converges():
     halves = (frozenset(SITES[:4]), frozenset(SITES[4:]))
-    split = Partition(groups=halves, start=100.0, end=500.0)
+    split = NetworkSplit(groups=halves, start=100.0, end=500.0)
     result = run(
         objectives=sites(), steps=2000, network=NetworkConfig(inactive_after=30),
-        faults=Faults(partitions=(split,)),
+        faults=Faults(splits=(split,)),
     )  # fmt: skip
     events = kinds(result)
     assert ("n1", "edge_inactive", "n8") in events and ("n1", "edge_active", "n8") in events

@@ -36,7 +36,7 @@ from hospitalnet.rundir_schema import (
     patient_key,
 )
 from hospitalnet.site import Event
-from hospitalnet.training.objective import predict_proba
+from hospitalnet.training.torch_objectives import predict_proba
 from hospitalnet.transport.base import EdgeStats
 from hospitalnet.transport.grpc import GrpcTransport
 from hospitalnet.world import Split

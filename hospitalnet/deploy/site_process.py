@@ -66,7 +66,7 @@ from hospitalnet.plan import NetworkPlan, plan_from_manifest
 from hospitalnet.rundir import RunDir, read_arrays
 from hospitalnet.rundir_schema import GLOBAL, EvalPoint, NodeStatus, curve_key, local_testset
 from hospitalnet.site import Event, SiteFailure, TickResult
-from hospitalnet.training.objective import predict_proba
+from hospitalnet.training.torch_objectives import predict_proba
 from hospitalnet.transport.base import Transport
 from hospitalnet.transport.grpc import GrpcTransport
 from hospitalnet.world import Split

@@ -5,7 +5,7 @@ The simulation (:mod:`hospitalnet.simulation`) sets the time at which the curren
 (``poll_time``) and at which its sends leave (``send_time``, the end of that step's compute).
 A message sent at time t on link (s, r):
 
-1. is lost if a partition separates s and r at t, or with the link's drop probability;
+1. is lost if a network split separates s and r at t, or with the link's drop probability;
 2. otherwise arrives at ``t + latency`` (uniform in ``NetworkConfig.latency_steps``) plus any
    injected extra delay / reordering jitter, unless r is killed at that moment (lost);
 3. may be duplicated by an injected fault (the copy arrives with the original).
@@ -61,8 +61,10 @@ class SiteOutage:
 
 
 @dataclass(frozen=True)
-class Partition:
-    """During [start, end) only sites in the same group can reach each other."""
+class NetworkSplit:
+    """A network fault: during [start, end) only sites in the same group can reach each other.
+
+    (Not to be confused with the data split into sites, :mod:`hospitalnet.data.partition`.)"""
 
     groups: tuple[frozenset[str], ...]
     start: float = 0.0
@@ -79,7 +81,7 @@ class Faults:
     """Everything a test may inject into a simulated run."""
 
     outages: tuple[SiteOutage, ...] = ()
-    partitions: tuple[Partition, ...] = ()
+    splits: tuple[NetworkSplit, ...] = ()
     links: tuple[LinkFault, ...] = ()
     shuffle_delivery: bool = False  # hand each poll's messages over in a seeded random order
 
@@ -153,7 +155,7 @@ class SimulatedNetwork:
         drop = self.cfg.drop_prob
         if fault is not None and fault.drop_prob is not None:
             drop = fault.drop_prob
-        if u < drop or any(p.separates(s, r, t) for p in self.faults.partitions):
+        if u < drop or any(p.separates(s, r, t) for p in self.faults.splits):
             st.dropped += 1
             return
         arrival = t + self._lo + (self._hi - self._lo) * v

@@ -9,7 +9,8 @@ from fakerun import make_fake_run
 from PIL import Image
 from test_eval_compute import _tiny_run
 
-from evaluation.report import fmt_gap, fmt_seconds, render_report
+from evaluation.formatting import fmt_gap, fmt_seconds
+from evaluation.report import render_report
 from hospitalnet.cli import main
 
 IMG = re.compile(r"<img\b[^>]*>")

@@ -9,7 +9,7 @@ from hospitalnet.config import ModelConfig
 from hospitalnet.labels import LABELS
 from hospitalnet.models import build_model
 from hospitalnet.models.flat import FlatParams
-from hospitalnet.training.objective import ChestXrayObjective, predict_proba
+from hospitalnet.training.torch_objectives import ChestXrayObjective, predict_proba
 
 NODULE = LABELS.index("Nodule")
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hospitalnet.training.objective import EpochSampler
+from hospitalnet.training.torch_objectives import EpochSampler
 
 
 def test_every_index_once_per_epoch_then_reshuffled():
