@@ -9,9 +9,11 @@ asynchrony allows is measured against the simulation itself by benchmarks/deploy
 with five other timing seeds moved the eight sites' mean macro AUROC (global test, 163 images) by
 0.0009-0.0148 from the reference run, and single sites by 0.018-0.054. Three eight-process runs
 moved the mean by 0.0053-0.0109 (inside that spread) and single sites by 0.046-0.067 (a single
-site's AUROC on this small test set is noisy). Trained alone (``local``), the same sites are
-0.052 (mean) and up to 0.167 (one site) away from ECL: the scale on which these differences are
-small. The bounds sit above both measured spreads and well below the local distance.
+site's AUROC on this small test set is noisy). On a loaded machine (load average 20 on two
+cores, so the processes could not keep their 20 steps/s and drifted out of phase) a run of this
+test measured 0.0212 and 0.0849. Trained alone (``local``), the same sites are 0.052 (mean) and
+up to 0.167 (one site) away from ECL: the scale on which these differences are small. The bounds
+sit above every measured difference and below the local distance.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from hospitalnet.rundir_schema import GLOBAL, final_key
 
 pytestmark = pytest.mark.network
 
-MEAN_BOUND = 0.025  # |difference of the mean over sites|: measured up to 0.0148; local 0.052
-SITE_BOUND = 0.10  # any single site: measured up to 0.067; local 0.167
+MEAN_BOUND = 0.035  # |difference of the mean over sites|: measured up to 0.021; local 0.052
+SITE_BOUND = 0.12  # any single site: measured up to 0.085; local 0.167
 
 
 def _aurocs(world, predictions) -> dict[str, float]:
