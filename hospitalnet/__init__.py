@@ -2,22 +2,29 @@
 
 The package reads in the order the data flows::
 
-    site data -> loader -> local steps -> messages over edges -> dual update
-    -> predictions -> evaluation -> report
+    site data -> loader -> site loop -> simulation | deployment -> run directory
+    -> evaluation -> report
 
-Subpackages, in flow order:
+Modules and subpackages, in flow order:
 
 - ``hospitalnet.data``        site manifests, format loaders (NIH PNG, DICOM, CSV, ChestMNIST),
                               the synthetic ChestX-ray14 world and the eight-hospital partition.
+- ``hospitalnet.world``       the world a run trains on, generated once and decoded.
 - ``hospitalnet.models``      GroupNorm networks with a 1-channel input and 14 outputs.
-- ``hospitalnet.training``    the local objective (masked BCE) and the pooled reference trainer.
+- ``hospitalnet.objective``   the local-objective contract every site's data meets.
+- ``hospitalnet.training``    objectives over torch models (chest X-ray, any Dataset), schedules.
 - ``hospitalnet.topology``    who is adjacent to whom, and the one edge-sign convention.
 - ``hospitalnet.algorithms``  ECL (PDMM/ADMM) and the baselines as pure state transitions.
 - ``hospitalnet.messages``    the typed messages that cross an edge.
 - ``hospitalnet.transport``   how bytes move: a simulated discrete-event network or gRPC + mTLS.
+- ``hospitalnet.peers``       the receive side of every edge (replay, staleness, liveness).
 - ``hospitalnet.site``        the one loop a hospital runs, in simulation and in deployment.
-- ``hospitalnet.simulation``  the eight-hospital network on one machine.
-- ``hospitalnet.rundir``      what a run writes for the ``evaluation`` package to read.
+- ``hospitalnet.plan``        the network plan (site order, edges, sizes, addresses).
+- ``hospitalnet.assembly``    the one way every runner builds a site around the loop.
+- ``hospitalnet.simulation``  runner 1: the network on one machine (``experiment``: the main job).
+- ``hospitalnet.deploy``      runner 2: one process per hospital and the FedAvg server.
+- ``hospitalnet.checkpoint``  crash-safe checkpoints (safetensors + JSON) of a deployment.
+- ``hospitalnet.rundir``      where a run's files are (``rundir_schema``: what is in them).
 - ``hospitalnet.cli``         the ``hospitalnet`` command.
 
 The separate top-level package ``evaluation`` turns a run directory into numbers and a report.

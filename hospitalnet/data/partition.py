@@ -59,6 +59,7 @@ from hospitalnet.data.indexing import VIEWS
 from hospitalnet.data.nih import NihLoader
 from hospitalnet.errors import ConfigError, DataError
 from hospitalnet.labels import LABELS, NO_FINDING, NUM_LABELS
+from hospitalnet.rundir_schema import GLOBAL  # the site id of the global test set's manifest
 from hospitalnet.seeding import numpy_rng
 from hospitalnet.topology import multiplex_ring
 
@@ -67,7 +68,6 @@ logger = logging.getLogger(__name__)
 CATEGORIES: tuple[str, ...] = (*LABELS, NO_FINDING)  # what a label distribution counts
 SHARE_TOLERANCE = 0.005  # rebalance until every site's image share is within 0.5 points of target
 MIN_PATIENTS_PER_SITE = 2  # one for train, one for the local test split
-GLOBAL = "global"  # the site id of the global test set's manifest
 GLOBAL_TEST_FRACTION_WITHOUT_LIST = 0.2  # patients held out when the pooled set has no test list
 BASE_PORT = 50050  # site k of the profile listens on 127.0.0.1:(BASE_PORT + k), n1 -> 50051
 SCHEMA = "hospitalnet.partition/1"
