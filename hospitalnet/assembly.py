@@ -148,10 +148,18 @@ def site_context(
         Site order (edge signs), edges, and the training-set sizes of the other sites of the
         site's connected component when the method weights by samples.
     num_samples:
-        This site's own training-set size (its data, not the plan, are the truth for itself).
+        This site's own training-set size; a plan that says otherwise is refused (stale sizes
+        would silently change every site's weighting).
     """
     if site not in plan.sites:
         raise ConfigError(f"network plan: site {site!r} is not in it")
+    planned = plan.train_samples.get(site)
+    if planned is not None and planned != int(num_samples):
+        raise ConfigError(
+            f"network plan: sites.{site}.train_samples: {planned}, but the site has "
+            f"{int(num_samples)} training images; the plan is out of date (every site weights "
+            "by these sizes, so update it for all of them)"
+        )
     graph = method_graph(plan, algorithm)
     samples = {**plan.train_samples, site: int(num_samples)}
     return make_context(

@@ -120,3 +120,11 @@ def test_assembly_initial_model_is_the_seeded_w0_every_runner_shares():
     assert torch.equal(a.flat, b.flat)
     assert torch.equal(a.flat, torch.cat([p.detach().reshape(-1) for p in reference.parameters()]))
     assert not torch.equal(a.flat, initial_model(cfg.model_copy(update={"seed": 1})).flat)
+
+
+def test_assembly_a_plan_whose_size_for_the_site_is_stale_is_refused():
+    # the plan says b has 30 images, b's data have 31: every site would weight differently
+    with pytest.raises(ConfigError, match=r"sites\.b\.train_samples: 30, but the site has 31"):
+        site_context(
+            "b", _plan(SIZES), ExperimentConfig(), make_algorithm("ecl"), torch.zeros(3), 31
+        )
