@@ -16,7 +16,9 @@ server``), listening on the plan's ``server.address``. The hospitals run ``hospi
   ``deploy.inactive_after_s`` after the first round, at ``deploy.max_wall_s`` or on SIGTERM. It
   then waits (at most ``deploy.linger_max_s``) until the last global model has left for every
   live site.
-- **Liveness.** On server edges a heartbeat counts as being heard, at both ends
+- **Liveness.** Before the first round the server waits (``deploy.startup_wait_s``) until every
+  site answered once, and counts silence from then on. On server edges a heartbeat counts as
+  being heard, at both ends
   (:func:`hospitalnet.deploy.liveness.hear_heartbeats`). A killed site goes inactive after D
   seconds and the rounds go on without it; it rejoins with its next model.
 - **Checkpoints.** Through the server loop's ``state_dict``: the global model, the round count and
@@ -40,7 +42,12 @@ from hospitalnet.algorithms import SERVER, make_algorithm
 from hospitalnet.assembly import build_server, initial_model, server_sample_counts, site_rules
 from hospitalnet.checkpoint import load_latest, save_checkpoint
 from hospitalnet.config import ExperimentConfig, dump_config
-from hospitalnet.deploy.liveness import hear_heartbeats, seq_floor, transport_limits
+from hospitalnet.deploy.liveness import (
+    hear_heartbeats,
+    seq_floor,
+    transport_limits,
+    wait_for_neighbours,
+)
 from hospitalnet.deploy.site_outputs import edge_record, transport_events
 from hospitalnet.errors import ConfigError
 from hospitalnet.pki import site_credentials
@@ -172,6 +179,13 @@ class ServerProcess:
         log.info("server: resumed from checkpoint %d at round %d", ckpt.index, rounds)
 
     # ---- the loop -------------------------------------------------------------------------
+    def start(self, stop: threading.Event) -> None:
+        """Wait (``deploy.startup_wait_s``) until every site answered once; silence counts from
+        then on, as at a site. Without it a site slower to start than D was dropped from the
+        first rounds, and a short run could end before it joined."""
+        wait_for_neighbours(SERVER, self.transport, self.cfg.deploy.startup_wait_s, stop)
+        self.node.book.restart_silence(self.clock())
+
     def loop(self, stop: threading.Event) -> str:
         d, node = self.cfg.deploy, self.node
         deadline = time.monotonic() + d.max_wall_s
@@ -257,6 +271,7 @@ def run_server(
     try:
         if opts.resume:
             run.resume()
+        run.start(stop)
         status = run.loop(stop)
         run.save()
         run.write_outputs(status, time.monotonic() - t0)
