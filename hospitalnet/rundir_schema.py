@@ -228,12 +228,16 @@ def event_records(events: Iterable[Any]) -> list[EventRecord]:
 # ---- node.json ---------------------------------------------------------------------------------
 
 
+#: How a process of a deployment ended.
+Status = Literal["finished", "stopped", "failed"]
+
+
 class NodeStatus(Record):
     """``node.json`` of one process of a deployment: how it ended (site or FedAvg server)."""
 
     site: str
     method: str
-    status: Literal["finished", "stopped", "failed"]
+    status: Status
     wall_seconds: float
     detail: str = ""
     resumed_from_checkpoint: int | None = None
@@ -356,6 +360,7 @@ __all__ = [
     "Record",
     "RunInfo",
     "SiteData",
+    "Status",
     "TopologyRecord",
     "Versions",
     "WallSeconds",

@@ -58,6 +58,7 @@ from hospitalnet.rundir_schema import (
     MethodNetwork,
     NetworkRecord,
     NodeStatus,
+    Status,
     TopologyRecord,
     event_records,
 )
@@ -84,7 +85,7 @@ class ServerRunOptions:
 
 @dataclass
 class ServerOutcome:
-    status: str  # finished | stopped
+    status: Status
     rounds: int
     wall_seconds: float
     detail: str = ""
@@ -186,7 +187,7 @@ class ServerProcess:
         wait_for_neighbours(SERVER, self.transport, self.cfg.deploy.startup_wait_s, stop)
         self.node.book.restart_silence(self.clock())
 
-    def loop(self, stop: threading.Event) -> str:
+    def loop(self, stop: threading.Event) -> Status:
         d, node = self.cfg.deploy, self.node
         deadline = time.monotonic() + d.max_wall_s
         every = max(1, d.checkpoint_every // self.cfg.network.exchange_every)
@@ -213,7 +214,7 @@ class ServerProcess:
         return "finished"
 
     # ---- outputs --------------------------------------------------------------------------
-    def write_outputs(self, status: str, wall: float) -> None:
+    def write_outputs(self, status: Status, wall: float) -> None:
         method, node, rd = self.opts.method, self.node, self.run
         atomic_write_bytes(rd.config, dump_config(self.cfg).encode())
         sent, received = self.transport.stats(), node.book.stats()
@@ -243,7 +244,7 @@ class ServerProcess:
         NodeStatus(
             site=SERVER,
             method=method,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             rounds=node.state.rounds,
             target_rounds=self.target_rounds,
             resumed_from_checkpoint=self.resumed_from,

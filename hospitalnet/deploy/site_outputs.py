@@ -25,6 +25,7 @@ from hospitalnet.rundir_schema import (
     NodeStatus,
     RunInfo,
     SiteData,
+    Status,
     TopologyRecord,
     Versions,
     WallSeconds,
@@ -90,7 +91,7 @@ def transport_events(transport: object, site: str, wall0: float) -> list[Event]:
     ]
 
 
-def write_site_outputs(run: SiteProcess, status: str, detail: str, wall: float) -> None:
+def write_site_outputs(run: SiteProcess, status: Status, detail: str, wall: float) -> None:
     """config.yaml, testsets.npz, predictions, history, network.json, data.json, run.json and
     node.json of one site process."""
     method, site, rd, node, rec = run.opts.method, run.site, run.run, run.node, run.record
@@ -133,7 +134,7 @@ def write_site_outputs(run: SiteProcess, status: str, detail: str, wall: float) 
     NodeStatus(
         site=site,
         method=method,
-        status=status,  # type: ignore[arg-type]
+        status=status,
         detail=detail,
         steps=node.step,
         serving_ticks=node.serving_ticks,
@@ -152,11 +153,16 @@ def _network(run: SiteProcess) -> NetworkRecord:
     site, node = run.site, run.node
     sent, received = run.transport.stats(), node.book.stats()
     order = {s: k for k, s in enumerate(run.plan.sites)}  # the server sorts last
+
+    def pair(j: str) -> tuple[str, str]:
+        a, b = sorted((site, j), key=lambda s: order.get(s, len(order)))
+        return a, b
+
     edges = [
         edge_record(
             site,
             j,
-            tuple(sorted((site, j), key=lambda s: order.get(s, len(order)))),  # type: ignore[arg-type]
+            pair(j),
             sent,
             received,
             node.book.peers[j].active,

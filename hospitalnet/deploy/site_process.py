@@ -64,7 +64,14 @@ from hospitalnet.errors import ConfigError, DataError
 from hospitalnet.pki import credentials_from_identity, site_credentials
 from hospitalnet.plan import NetworkPlan, plan_from_manifest
 from hospitalnet.rundir import RunDir, read_arrays
-from hospitalnet.rundir_schema import GLOBAL, EvalPoint, NodeStatus, curve_key, local_testset
+from hospitalnet.rundir_schema import (
+    GLOBAL,
+    EvalPoint,
+    NodeStatus,
+    Status,
+    curve_key,
+    local_testset,
+)
 from hospitalnet.site import Event, SiteFailure, TickResult
 from hospitalnet.training.torch_objectives import predict_proba
 from hospitalnet.transport.base import Transport
@@ -125,7 +132,7 @@ class SiteRunOptions:
 @dataclass
 class SiteOutcome:
     site: str
-    status: str  # finished | stopped | failed
+    status: Status
     steps: int
     resumed_from: int | None
     wall_seconds: float
@@ -348,7 +355,7 @@ class SiteProcess:
         )
         self.node.book.restart_silence(self.clock())
 
-    def loop(self, stop: threading.Event) -> str:
+    def loop(self, stop: threading.Event) -> Status:
         d, node, rec = self.cfg.deploy, self.node, self.record
         deadline = time.monotonic() + d.max_wall_s
         lingering_since: float | None = None
@@ -407,7 +414,8 @@ def run_site(
         )
     t0 = time.monotonic()
     run = SiteProcess(opts, cfg, load_site_data(opts, cfg))
-    status, detail = "finished", ""
+    status: Status = "finished"
+    detail = ""
     try:
         if opts.resume:
             run.resume()
