@@ -31,6 +31,7 @@ from typing import Literal
 import torch
 
 from hospitalnet.algorithms import SERVER, Algorithm, make_context, site_weights
+from hospitalnet.algorithms.base import SiteWeighting
 from hospitalnet.algorithms.base import SiteContext
 from hospitalnet.algorithms.fedavg import FedAvgServer
 from hospitalnet.config import ExperimentConfig
@@ -125,7 +126,7 @@ def _loss_weight(
             raise ConfigError(
                 f"network plan: sites.{missing[0]}.train_samples: missing; site weighting "
                 "'samples' scales each loss by the site's share of the training images (give "
-                "a plan with every site's train_samples, or set ecl.site_weighting: uniform)"
+                "a plan with every site's train_samples, or set training.site_weighting: uniform)"
             )
     # sites outside the component do not change this site's weight
     known = {s: samples.get(s, 1) for s in graph.nodes}
@@ -139,6 +140,7 @@ def site_context(
     algorithm: Algorithm,
     w0: torch.Tensor,
     num_samples: int,
+    total_steps: int | None = None,
 ) -> SiteContext:
     """What ``site`` knows when it starts.
 
@@ -150,6 +152,8 @@ def site_context(
     num_samples:
         This site's own training-set size; a plan that says otherwise is refused (stale sizes
         would silently change every site's weighting).
+    total_steps:
+        The local steps the site will take; None = ``cfg.training.local_steps``.
     """
     if site not in plan.sites:
         raise ConfigError(f"network plan: site {site!r} is not in it")
@@ -172,6 +176,7 @@ def site_context(
         weight_decay=cfg.training.weight_decay,
         exchange_every=cfg.network.exchange_every,
         neighbours=(SERVER,) if algorithm.uses_server else None,
+        total_steps=cfg.training.local_steps if total_steps is None else total_steps,
     )
 
 
@@ -185,6 +190,7 @@ def exchange_schedule(
         cfg.network.exchange_every,
         cfg.seed,
         staggered=algorithm.staggered and cfg.network.stagger_exchanges,
+        final_step=context.total_steps if algorithm.final_round else None,
     )
 
 
@@ -251,7 +257,7 @@ def build_site(
         (None for a constant step size).
     """
     total = cfg.training.local_steps if steps is None else int(steps)
-    context = site_context(site, plan, cfg, algorithm, w0, int(objective.num_samples))
+    context = site_context(site, plan, cfg, algorithm, w0, int(objective.num_samples), total)
     return SiteNode(
         context,
         algorithm,
@@ -284,9 +290,11 @@ def build_server(
     rules: SiteRules,
     *,
     w0: torch.Tensor,
+    site_weighting: SiteWeighting = "samples",
 ) -> ServerNode:
-    """The FedAvg / FedProx server loop: the average is weighted by every site's n_i."""
-    server = FedAvgServer()
+    """The FedAvg / FedProx server loop: the average is weighted by every site's n_i
+    (``samples``, the sizes are checked even for ``uniform``: they are in every plan)."""
+    server = FedAvgServer(site_weighting)
     return ServerNode(
         SERVER,
         server,

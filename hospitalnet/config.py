@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hospitalnet.errors import ConfigError
 
@@ -83,13 +83,37 @@ class TrainingConfig(Section):
         description="torch CPU threads for this process (None: torch's default, one per core); "
         "1 is faster when other work shares the cores",
     )
+    site_weighting: Literal["samples", "uniform"] = Field(
+        "samples",
+        description="every method alike: samples = the pooled objective sum_i p_i f_i (ECL, "
+        "gossip: loss scaled by N p_i; FedAvg, FedProx: server average weighted by n_i); "
+        "uniform = every site counts the same",
+    )
 
 
 class ECLConfig(Section):
-    theta: float = Field(0.8, gt=0, le=1, description="1 = PDMM, 0.5 = ADMM; damped default")
-    eta: float | Literal["auto"] = Field("auto", description="coupling; auto = ISVR rule")
-    rho: float = Field(0.0, ge=0, description="optional proximity to received models")
-    site_weighting: Literal["samples", "uniform"] = "samples"
+    """``ecl`` (two-way exchange) reads the first three keys; the PDMM variants (``ecl-pdmm``,
+    ``ecl-pdmm-damped``, ``ecl-relaxed-pdmm``, ``ecl-isvr``) the rest."""
+
+    dual_gain: float = Field(
+        0.3,
+        ge=0,
+        description="ecl: integral gain kappa of the edge dual per exchange, times the edge's "
+        "Metropolis-Hastings weight",
+    )
+    dual_warmup_steps: int = Field(
+        0, ge=0, description="ecl: local steps over which the dual gain ramps up from 0"
+    )
+    mixing_scale: float = Field(
+        1.0, gt=0, description="ecl: multiplies the Metropolis-Hastings pairwise weight"
+    )
+    theta: float = Field(
+        0.8, gt=0, le=1, description="PDMM variants: relaxation of the received dual"
+    )
+    eta: float | Literal["auto"] = Field(
+        "auto", description="PDMM variants: coupling; auto = ISVR rule"
+    )
+    rho: float = Field(0.0, ge=0, description="PDMM variants: proximity to received models")
     dual_init: Literal["model", "zero"] = "model"
     compression: Literal["none", "float16", "topk"] = Field(
         "none",
@@ -103,6 +127,15 @@ class ECLConfig(Section):
         description="compression topk: share of entries sent (0.25 = half the "
         "bytes, 0.125 = a quarter)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "site_weighting" in data:
+            raise ValueError(
+                "site_weighting moved to training.site_weighting (it now applies to every method)"
+            )
+        return data
 
 
 class FedProxConfig(Section):

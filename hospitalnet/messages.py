@@ -18,8 +18,10 @@ ENVELOPE_BYTES = 96
 
 
 class MessageKind(str, Enum):
-    DUAL = "dual"  # ECL: y_{i|j} = z_{i|j} - 2 A_{i|j} w_i
-    MODEL = "model"  # gossip / FedAvg / the optional ECL proximity term: the sender's parameters
+    DUAL = "dual"  # ecl: a request [w, lam]; PDMM variants: y_{i|j} = z_{i|j} - 2 A_{i|j} w_i
+    # gossip / FedAvg / the PDMM proximity term: the sender's parameters; an ecl reply: d, the
+    # sender's parameters minus the requester's
+    MODEL = "model"
     HEARTBEAT = "heartbeat"  # liveness only, no payload
 
 

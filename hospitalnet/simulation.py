@@ -195,7 +195,10 @@ def run_network(
     """
     training = training or TrainingConfig()
     network = network or NetworkConfig()
-    algorithm = make_algorithm(method, ecl, fedprox) if isinstance(method, str) else method
+    if isinstance(method, str):
+        algorithm = make_algorithm(method, ecl, fedprox, training)
+    else:
+        algorithm = method
     name = method if isinstance(method, str) else algorithm.name
     sites = list(objectives)
     if not sites:
@@ -242,7 +245,14 @@ def run_network(
             lr_schedule=lr_schedule,
         )
     if server_mode:
-        sim.server = build_server(plan, sim.net.transport(SERVER), sim.clock, rules, w0=start)
+        sim.server = build_server(
+            plan,
+            sim.net.transport(SERVER),
+            sim.clock,
+            rules,
+            w0=start,
+            site_weighting=training.site_weighting,
+        )
     sim.run(steps, eval_every, eval_fn, progress)
     finals = {s: n.finalize() for s, n in sim.nodes.items()}
     if eval_fn is not None and eval_every and sim.last_eval_time < sim.end_time:

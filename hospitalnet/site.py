@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from hospitalnet.algorithms.base import Algorithm, SiteContext, is_finite_tensor
+from hospitalnet.algorithms.base import Algorithm, Outgoing, SiteContext, is_finite_tensor
 from hospitalnet.algorithms.fedavg import FedAvgServer, ServerState
 from hospitalnet.errors import HospitalnetError
 from hospitalnet.messages import Message, MessageKind
@@ -51,11 +51,12 @@ class ExchangeSchedule:
     ends of an edge fire on the same step numbers and different edges are staggered.
     """
 
-    def __init__(self, every: int, offsets: dict[str, int]) -> None:
+    def __init__(self, every: int, offsets: dict[str, int], final_step: int | None = None) -> None:
         if every < 1:
             raise ValueError("exchange schedule: every must be >= 1")
         self.every = int(every)
         self.offsets = dict(offsets)
+        self.final_step = final_step  # every edge also fires after this step (FedAvg's last round)
         by_residue: list[list[str]] = [[] for _ in range(self.every)]
         for nb, off in self.offsets.items():
             by_residue[off % self.every].append(nb)
@@ -63,7 +64,13 @@ class ExchangeSchedule:
 
     @classmethod
     def for_site(
-        cls, site: str, neighbours: Sequence[str], every: int, seed: int, staggered: bool = True
+        cls,
+        site: str,
+        neighbours: Sequence[str],
+        every: int,
+        seed: int,
+        staggered: bool = True,
+        final_step: int | None = None,
     ) -> ExchangeSchedule:
         offsets = {}
         for nb in neighbours:
@@ -71,16 +78,21 @@ class ExchangeSchedule:
             offsets[nb] = (
                 int(numpy_rng(seed, "exchange", a, b).integers(0, every)) if staggered else 0
             )
-        return cls(every, offsets)
+        return cls(every, offsets, final_step)
 
     def due(self, step: int) -> tuple[str, ...]:
         """Neighbours whose exchange is due after local step ``step`` (in neighbour order)."""
+        if step == self.final_step:
+            return tuple(self.offsets)
         return self._by_residue[step % self.every]
 
     def count(self, neighbour: str, steps: int) -> int:
         """How many sends to ``neighbour`` happen in steps 1..``steps``."""
         first = self.offsets[neighbour] % self.every or self.every
-        return 0 if steps < first else (steps - first) // self.every + 1
+        regular = 0 if steps < first else (steps - first) // self.every + 1
+        final = self.final_step
+        extra = final is not None and final <= steps and final % self.every != first % self.every
+        return regular + int(extra)
 
 
 @dataclass(frozen=True)
@@ -296,6 +308,8 @@ class SiteNode:
             log.info("%s: edge to %s active again", self.site, msg.sender)
         if verdict is Verdict.APPLY and msg.kind is not MessageKind.HEARTBEAT:
             self.state = self.algorithm.receive(self.state, msg)
+            for j, out in self.algorithm.take_replies(self.state):
+                self._emit(j, out, self.step + self.serving_ticks)
 
     def _update_isolation(self, now: float) -> None:
         isolated = bool(self.neighbours) and not any(p.active for p in self.book.peers.values())
@@ -332,13 +346,14 @@ class SiteNode:
 
     def _send(self, j: str, clock_step: int) -> None:
         for out in self.algorithm.outgoing(self.state, j):
-            if not is_finite_tensor(out.payload):
-                self.blocked_sends += 1
-                continue
-            self._seq[j] += 1
-            self.transport.send(
-                Message(self.site, j, out.kind, clock_step, self._seq[j], out.payload)
-            )
+            self._emit(j, out, clock_step)
+
+    def _emit(self, j: str, out: Outgoing, clock_step: int) -> None:
+        if not is_finite_tensor(out.payload):
+            self.blocked_sends += 1
+            return
+        self._seq[j] += 1
+        self.transport.send(Message(self.site, j, out.kind, clock_step, self._seq[j], out.payload))
 
 
 def _finite(x: float) -> bool:

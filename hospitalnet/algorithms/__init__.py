@@ -1,17 +1,20 @@
-"""ECL (PDMM/ADMM) and the baselines as pure state transitions, and the registry of presets.
+"""ECL, its PDMM variants and the baselines as pure state transitions, and the registry of presets.
 
-Presets (``make_algorithm(name, ecl=..., fedprox=...)``):
+Presets (``make_algorithm(name, ecl=..., fedprox=..., training=...)``); every method weights the
+sites by ``training.site_weighting``:
 
-- ``ecl``       ECL with the settings of ``ECLConfig`` (default: PDMM damped to theta 0.8, eta by
-                the ISVR rule, no proximity term, sample weighting, duals initialised at A w0).
-- ``ecl-pdmm``  the same with theta = 1 (undamped PDMM; for synchronous runs).
-- ``ecl-admm``  the same with theta = 1/2 (ADMM / Douglas-Rachford).
-- ``ecl-isvr``  the same with rho = 0 and eta = "auto" (ECL-ISVR, whatever ECLConfig says).
-- ``gossip``    D-PSGD with Metropolis-Hastings weights (same K, same message count as ECL).
-- ``fedavg``    server average weighted by n_i every K local steps.
-- ``fedprox``   FedAvg plus (mu_prox/2)||w - w_global||^2 (``FedProxConfig.mu_prox``).
-- ``local``     no communication.
-- ``pooled``    ``local`` on one site that holds all data (the caller builds that objective).
+- ``ecl``               two-way, delay-compensated edge consensus with one integrating dual per
+                        edge (:mod:`hospitalnet.algorithms.ecl`; ``ecl.dual_gain`` and friends).
+- ``ecl-pdmm``          linearised PDMM, theta 1 (:mod:`hospitalnet.algorithms.pdmm`).
+- ``ecl-pdmm-damped``   the same damped to theta 0.8 (hospitalnet's ``ecl`` before the two-way
+                        exchange; ``ecl.theta`` sets the damping).
+- ``ecl-relaxed-pdmm``  theta 1/2 (formerly ``ecl-admm``; relaxed PDMM, not the authors' ADMM).
+- ``ecl-isvr``          PDMM with rho 0 and eta by the ISVR rule, whatever ECLConfig says.
+- ``gossip``            D-PSGD with Metropolis-Hastings weights (same K, as many messages as ECL).
+- ``fedavg``            server average every K local steps, and after the last one.
+- ``fedprox``           FedAvg plus (mu_prox/2)||w - w_global||^2 (``FedProxConfig.mu_prox``).
+- ``local``             no communication.
+- ``pooled``            ``local`` on one site that holds all data (the caller builds that objective).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from hospitalnet.algorithms.base import (
     Algorithm,
     Outgoing,
     SiteContext,
+    SiteWeighting,
     make_context,
     sgd_update,
     site_weights,
@@ -30,51 +34,83 @@ from hospitalnet.algorithms.ecl import ECL
 from hospitalnet.algorithms.fedavg import SERVER, FedAvg, FedAvgServer
 from hospitalnet.algorithms.gossip import Gossip
 from hospitalnet.algorithms.local import Local
-from hospitalnet.config import ECLConfig, FedProxConfig
+from hospitalnet.algorithms.pdmm import PDMM
+from hospitalnet.config import ECLConfig, FedProxConfig, TrainingConfig
 from hospitalnet.errors import ConfigError
 
-
-def _ecl(cfg: ECLConfig, name: str, **override: object) -> ECL:
-    settings = cfg.model_dump() | override
-    return ECL(
-        theta=float(settings["theta"]),  # type: ignore[arg-type]
-        eta=settings["eta"],  # type: ignore[arg-type]
-        rho=float(settings["rho"]),  # type: ignore[arg-type]
-        site_weighting=settings["site_weighting"],  # type: ignore[arg-type]
-        dual_init=settings["dual_init"],  # type: ignore[arg-type]
-        name=name,
-        compression=settings["compression"],  # type: ignore[arg-type]
-        topk_fraction=float(settings["topk_fraction"]),  # type: ignore[arg-type]
-    )
-
-
-Preset = Callable[[ECLConfig, FedProxConfig], Algorithm]
-
-PRESETS: dict[str, Preset] = {
-    "ecl": lambda e, f: _ecl(e, "ecl"),
-    "ecl-pdmm": lambda e, f: _ecl(e, "ecl-pdmm", theta=1.0),
-    "ecl-admm": lambda e, f: _ecl(e, "ecl-admm", theta=0.5),
-    "ecl-isvr": lambda e, f: _ecl(e, "ecl-isvr", rho=0.0, eta="auto"),
-    "gossip": lambda e, f: Gossip(site_weighting=e.site_weighting),
-    "fedavg": lambda e, f: FedAvg(mu_prox=0.0, name="fedavg"),
-    "fedprox": lambda e, f: FedAvg(mu_prox=f.mu_prox, name="fedprox"),
-    "local": lambda e, f: Local(name="local"),
-    "pooled": lambda e, f: Local(name="pooled"),
+#: Methods built on :class:`PDMM` (they read ecl.theta, eta, rho, dual_init, compression).
+PDMM_METHODS = ("ecl-pdmm", "ecl-pdmm-damped", "ecl-relaxed-pdmm", "ecl-isvr")
+#: Names that were renamed, with what to use instead.
+RENAMED = {
+    "ecl-admm": "ecl-relaxed-pdmm (the same algorithm: PDMM relaxed to theta 1/2)",
 }
 
 
+def _pdmm(cfg: ECLConfig, weighting: SiteWeighting, name: str, **override: float | str) -> PDMM:
+    theta = float(override.get("theta", cfg.theta))
+    eta = override.get("eta", cfg.eta)
+    rho = float(override.get("rho", cfg.rho))
+    return PDMM(
+        theta=theta,
+        eta="auto" if eta == "auto" else float(eta),
+        rho=rho,
+        site_weighting=weighting,
+        dual_init=cfg.dual_init,
+        name=name,
+        compression=cfg.compression,
+        topk_fraction=cfg.topk_fraction,
+    )
+
+
+def _ecl(cfg: ECLConfig, weighting: SiteWeighting) -> ECL:
+    return ECL(
+        dual_gain=cfg.dual_gain,
+        dual_warmup_steps=cfg.dual_warmup_steps,
+        mixing_scale=cfg.mixing_scale,
+        site_weighting=weighting,
+    )
+
+
+Preset = Callable[[ECLConfig, FedProxConfig, SiteWeighting], Algorithm]
+
+PRESETS: dict[str, Preset] = {
+    "ecl": lambda e, f, w: _ecl(e, w),
+    "ecl-pdmm": lambda e, f, w: _pdmm(e, w, "ecl-pdmm", theta=1.0),
+    "ecl-pdmm-damped": lambda e, f, w: _pdmm(e, w, "ecl-pdmm-damped"),
+    "ecl-relaxed-pdmm": lambda e, f, w: _pdmm(e, w, "ecl-relaxed-pdmm", theta=0.5),
+    "ecl-isvr": lambda e, f, w: _pdmm(e, w, "ecl-isvr", rho=0.0, eta="auto"),
+    "gossip": lambda e, f, w: Gossip(site_weighting=w),
+    "fedavg": lambda e, f, w: FedAvg(mu_prox=0.0, name="fedavg", site_weighting=w),
+    "fedprox": lambda e, f, w: FedAvg(mu_prox=f.mu_prox, name="fedprox", site_weighting=w),
+    "local": lambda e, f, w: Local(name="local"),
+    "pooled": lambda e, f, w: Local(name="pooled"),
+}
+
+
+def check_method(name: str) -> None:
+    """A ConfigError naming ``name`` unless it is a registered preset."""
+    if name in RENAMED:
+        raise ConfigError(f"methods: {name!r} was renamed: use {RENAMED[name]}")
+    if name not in PRESETS:
+        raise ConfigError(f"methods: unknown method {name!r} (known: {', '.join(PRESETS)})")
+
+
 def make_algorithm(
-    name: str, ecl: ECLConfig | None = None, fedprox: FedProxConfig | None = None
+    name: str,
+    ecl: ECLConfig | None = None,
+    fedprox: FedProxConfig | None = None,
+    training: TrainingConfig | None = None,
 ) -> Algorithm:
     """The algorithm registered as ``name``, configured from the config sections."""
-    preset = PRESETS.get(name)
-    if preset is None:
-        raise ConfigError(f"methods: unknown method {name!r} (known: {', '.join(PRESETS)})")
-    return preset(ecl or ECLConfig(), fedprox or FedProxConfig())
+    check_method(name)
+    weighting = (training or TrainingConfig()).site_weighting
+    return PRESETS[name](ecl or ECLConfig(), fedprox or FedProxConfig(), weighting)
 
 
 __all__ = [
     "ECL",
+    "PDMM",
+    "PDMM_METHODS",
     "PRESETS",
     "SERVER",
     "Algorithm",
@@ -84,6 +120,7 @@ __all__ = [
     "Local",
     "Outgoing",
     "SiteContext",
+    "check_method",
     "make_algorithm",
     "make_context",
     "sgd_update",

@@ -63,6 +63,9 @@ class SiteContext:
         lambda of the ``0.5 * lambda * ||w||^2`` term added to the loss.
     exchange_every:
         K, local steps between two exchanges on an edge.
+    total_steps:
+        The local steps the site will take (None: no limit, a deployment that stops on a
+        signal); ECL freezes a finished site's model, FedAvg ends on a last global round.
     """
 
     site: str
@@ -76,6 +79,7 @@ class SiteContext:
     lr: float
     weight_decay: float = 0.0
     exchange_every: int = 8
+    total_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,8 @@ class Algorithm(ABC):
     #: True: receiving never changes the model, so a site that finished its steps can keep
     #: answering its neighbours (see ``SiteNode(linger=...)``).
     lingers: bool = False
+    #: True: every edge also exchanges after the last local step (FedAvg's last round).
+    final_round: bool = False
     #: How ``SiteContext.weight`` is chosen; None = every site weight 1 (plain local losses).
     site_weighting: SiteWeighting | None = None
     #: State fields that are caches recomputed from the rest: left out of :meth:`state_dict`,
@@ -141,11 +147,15 @@ class Algorithm(ABC):
         """Apply a validated, in-order message from a neighbour."""
         return state
 
+    def take_replies(self, state: Any) -> list[tuple[str, Outgoing]]:
+        """Payloads :meth:`receive` wants sent at once (ECL's answer to a request), emptied."""
+        return []
+
     def payload_spec(self, kind: MessageKind, like: torch.Tensor) -> tuple[int, torch.dtype]:
         """Length and dtype of a ``kind`` payload on the wire for a model shaped like ``like``.
 
         The receiver rejects anything else. Default: the flat model itself; compressed duals
-        (``ECL(compression=...)``) are shorter or narrower.
+        (``PDMM(compression=...)``) are shorter or narrower.
         """
         return like.numel(), like.dtype
 
@@ -268,6 +278,7 @@ def make_context(
     weight_decay: float,
     exchange_every: int,
     neighbours: tuple[str, ...] | None = None,
+    total_steps: int | None = None,
 ) -> SiteContext:
     """The :class:`SiteContext` of ``site`` in ``topology`` (``neighbours`` overrides, e.g. server)."""
     nbs = topology.neighbours(site) if neighbours is None else neighbours
@@ -284,4 +295,5 @@ def make_context(
         lr=float(lr),
         weight_decay=float(weight_decay),
         exchange_every=int(exchange_every),
+        total_steps=None if total_steps is None else int(total_steps),
     )

@@ -267,7 +267,7 @@ def run_method_processes(
     """One method: start every site, wait for all (with a deadline), gather."""
     t0 = time.perf_counter()
     procs: dict[str, subprocess.Popen] = {}
-    if make_algorithm(method, cfg.ecl, cfg.fedprox).uses_server:
+    if make_algorithm(method, cfg.ecl, cfg.fedprox, cfg.training).uses_server:
         procs[SERVER] = start_server(layout, method)
     start_file = layout.root / "nodes" / method / "start"
     procs.update(
@@ -301,7 +301,7 @@ def run_processes(
     for method in cfg.methods:
         if method == POOLED:
             continue
-        server = make_algorithm(method, cfg.ecl, cfg.fedprox).uses_server
+        server = make_algorithm(method, cfg.ecl, cfg.fedprox, cfg.training).uses_server
         log.info(
             "%s: starting %d site processes%s",
             method,

@@ -101,7 +101,7 @@ class ServerProcess:
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.run = RunDir(opts.out)
         self.ckpt_dir = self.run.root / "checkpoints"
-        if not make_algorithm(opts.method, cfg.ecl, cfg.fedprox).uses_server:
+        if not make_algorithm(opts.method, cfg.ecl, cfg.fedprox, cfg.training).uses_server:
             raise ConfigError(
                 f"method {opts.method!r} is peer to peer and has no server; use fedavg or fedprox"
             )
@@ -130,11 +130,13 @@ class ServerProcess:
                 self.clock,
                 site_rules(cfg, "seconds"),
                 w0=self.flat.flat.detach().clone(),
+                site_weighting=cfg.training.site_weighting,
             )
         except BaseException:
             self.transport.close()  # a plan the server cannot use: nothing keeps running
             raise
-        self.target_rounds = cfg.training.local_steps // cfg.network.exchange_every
+        # every K steps, plus the last round after the final step when K does not divide it
+        self.target_rounds = -(-cfg.training.local_steps // cfg.network.exchange_every)
         self.incarnation = 0
         self.resumed_from: int | None = None
 

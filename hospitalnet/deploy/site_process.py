@@ -206,7 +206,7 @@ class SiteProcess:
         self.record = SiteRecord()
         # ---- the site, built as every runner builds it (hospitalnet.assembly) ----
         self.flat = initial_model(cfg)
-        self.algorithm = make_algorithm(opts.method, cfg.ecl, cfg.fedprox)
+        self.algorithm = make_algorithm(opts.method, cfg.ecl, cfg.fedprox, cfg.training)
         self.plan = opts.plan or plan_from_manifest(data.manifest)
         if self.site not in self.plan.sites:
             raise ConfigError(f"network plan: site {self.site!r} is not in it")
