@@ -31,8 +31,7 @@ from typing import Literal
 import torch
 
 from hospitalnet.algorithms import SERVER, Algorithm, make_context, site_weights
-from hospitalnet.algorithms.base import SiteWeighting
-from hospitalnet.algorithms.base import SiteContext
+from hospitalnet.algorithms.base import SiteContext, SiteWeighting
 from hospitalnet.algorithms.fedavg import FedAvgServer
 from hospitalnet.config import ExperimentConfig
 from hospitalnet.errors import ConfigError
