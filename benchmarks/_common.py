@@ -25,8 +25,14 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def machine() -> dict[str, Any]:
-    """The machine a figure was measured on (figures from different machines do not compare)."""
+    """The machine a figure was measured on (figures from different machines do not compare),
+    with its load average when the figure was taken (the machine is shared)."""
+    try:
+        load = list(os.getloadavg())
+    except OSError:  # not every platform has one
+        load = None
     return {
+        "load_average_1_5_15_min": load,
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
@@ -72,3 +78,20 @@ def save(result: dict[str, Any], out: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
     return path
+
+
+def paired(diffs: Sequence[float | None], confidence: float = 0.95) -> dict[str, Any]:
+    """Mean of paired differences (same seed, same world) with a Student-t interval."""
+    from scipy import stats  # scipy is a dependency; imported here to keep start-up light
+
+    vals = [float(v) for v in diffs if v is not None and np.isfinite(v)]
+    out: dict[str, Any] = {"n": len(vals), "mean": None, "low": None, "high": None}
+    if not vals:
+        return out
+    mean = statistics.fmean(vals)
+    out["mean"] = mean
+    if len(vals) > 1:
+        half = stats.t.ppf(0.5 + confidence / 2, len(vals) - 1) * statistics.stdev(vals)
+        half /= len(vals) ** 0.5
+        out["low"], out["high"] = mean - half, mean + half
+    return out

@@ -14,7 +14,7 @@ from hospitalnet.assembly import (
     site_context,
     site_rules,
 )
-from hospitalnet.config import ECLConfig, ExperimentConfig, NetworkConfig, TrainingConfig
+from hospitalnet.config import ExperimentConfig, NetworkConfig, TrainingConfig
 from hospitalnet.errors import ConfigError
 from hospitalnet.models import build_model
 from hospitalnet.objective import QuadraticObjective
@@ -75,7 +75,7 @@ def test_assembly_a_plan_without_sizes_is_an_error_naming_the_missing_key():
     # ... the site's own size is its data's: c itself needs no plan entry for itself
     assert site_context("c", plan, cfg, make_algorithm("ecl"), w0, 20).weight == 3 * 20 / 60
     # ... and what needs no sizes does not ask for them
-    uniform = make_algorithm("ecl", ECLConfig(site_weighting="uniform"))
+    uniform = make_algorithm("ecl", training=TrainingConfig(site_weighting="uniform"))
     assert site_context("a", _plan({}), cfg, uniform, w0, 10).weight == 1.0
     assert site_context("d", _plan({}), cfg, make_algorithm("ecl"), w0, 40).weight == 1.0
     fedavg = site_context("a", _plan({}), cfg, make_algorithm("fedavg"), w0, 10)

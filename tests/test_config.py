@@ -45,7 +45,19 @@ def test_seed_streams_are_named_and_independent():
 
 def test_every_shipped_config_loads():
     shipped = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-    assert len(shipped) >= 4
+    assert len(shipped) >= 3
     for path in shipped:
         cfg = load_config(path)
         assert cfg.methods, path.name
+
+
+def test_moved_and_renamed_keys_name_their_replacement(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("ecl:\n  site_weighting: uniform\n")
+    with pytest.raises(ConfigError, match=r"ecl: .*training\.site_weighting"):
+        load_config(path)
+    from hospitalnet.algorithms import make_algorithm
+
+    with pytest.raises(ConfigError, match="ecl-admm.*renamed.*ecl-relaxed-pdmm"):
+        make_algorithm("ecl-admm")
+    assert load_config(None).training.site_weighting == "samples"

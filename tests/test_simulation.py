@@ -106,7 +106,8 @@ def test_same_seed_is_bit_identical_and_another_seed_differs():
 def test_golden_value_pins_the_whole_pipeline():
     result = run(steps=200, network=NetworkConfig(drop_prob=0.1))
     # recorded from this implementation; any change to arithmetic, scheduling or seeding shows here
-    assert float(result.params["n1"].double().sum()) == pytest.approx(0.7091666907072067, abs=1e-9)
+    # (re-recorded for the two-way ecl; the PDMM ecl gave 0.7091666907072067)
+    assert float(result.params["n1"].double().sum()) == pytest.approx(0.6920427531003952, abs=1e-9)
 
 
 # ---- duplicated, reordered, stale messages ----------------------------------------------------
@@ -127,7 +128,7 @@ def test_duplicated_and_reordered_delivery_gives_the_in_order_result():
 def test_overtaken_messages_are_ignored_and_training_still_converges():
     result = run(
         objectives=sites(),
-        steps=1500,
+        steps=3000,  # lost and overtaken answers perturb the mean; it decays
         faults=Faults(links=all_links(reorder_jitter=12.0)),
     )
     overtaken = sum(s.duplicates for s in result.edge_stats.values())

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from hospitalnet.algorithms import ECL, Local, make_context
+from hospitalnet.algorithms import ECL, PDMM, Local, make_context
 from hospitalnet.algorithms.base import site_weights
 from hospitalnet.messages import Message, MessageKind
 from hospitalnet.objective import QuadraticObjective
@@ -84,7 +84,7 @@ def make_node(objective=None, algorithm=None, rules=None, every=2):
     )  # fmt: skip
     clock, box = Clock(), Mailbox("a")
     node = SiteNode(
-        ctx, algorithm or ECL(theta=0.5), objective or QuadraticObjective(torch.ones(DIM)), box,
+        ctx, algorithm or PDMM(theta=0.5), objective or QuadraticObjective(torch.ones(DIM)), box,
         ExchangeSchedule(every, {"b": 0, "c": 1}), rules or SiteRules(), clock, steps=100,
     )  # fmt: skip
     return node, box, clock
@@ -274,3 +274,52 @@ def test_site_node_state_dict_continues_exactly_where_it_was_taken():
     ]
     assert {f"state.{k}" for k in ("w", "z.b", "z.c")} <= set(tensors)
     assert "state.coupling" not in tensors  # a cache, re-summed after the restore
+
+
+# ---- the two-way ecl exchange through the loop --------------------------------------------------
+def test_ecl_answers_a_request_in_the_same_tick_and_both_ends_apply_the_same_difference():
+    topo = from_edges(["a", "b"], [("a", "b")])
+    assert topo.edge_sign("a", "b") == 1  # a owns the edge: it asks, b answers
+    nodes, boxes = {}, {}
+    for s in ("a", "b"):
+        ctx = make_context(
+            topo, s, w0=torch.zeros(DIM), num_samples={"a": 1, "b": 1},
+            weights={s: 1.0}, lr=0.1, weight_decay=0.0, exchange_every=2, total_steps=100,
+        )  # fmt: skip
+        boxes[s] = Mailbox(s)
+        centre = torch.ones(DIM) if s == "a" else -torch.ones(DIM)
+        nodes[s] = SiteNode(
+            ctx, ECL(dual_gain=0.3), QuadraticObjective(centre), boxes[s],
+            ExchangeSchedule(2, {"a" if s == "b" else "b": 0}), SiteRules(), Clock(), steps=100,
+        )  # fmt: skip
+    nodes["a"].tick(), nodes["b"].tick()
+    nodes["a"].tick(), nodes["b"].tick()  # step 2: the exchange is due; only the owner sends
+    (request,) = boxes["a"].sent
+    assert request.kind is MessageKind.DUAL and request.payload.numel() == 2 * DIM
+    assert boxes["b"].sent == []
+    w_a, w_b = nodes["a"].params.clone(), nodes["b"].params.clone()
+    assert torch.equal(request.payload[:DIM], w_a)
+    boxes["b"].inbox.append(request)
+    nodes["b"].tick()  # receives, answers at once (before its own step 3), mixes, steps
+    (answer,) = boxes["b"].sent
+    d = w_b - w_a
+    assert answer.kind is MessageKind.MODEL and torch.equal(answer.payload, d)
+    assert answer.step == 2  # stamped with b's step when it answered
+    # b: - W d (W = 1/(1 + 1) for two sites of degree 1), then its SGD step towards -1
+    expected_b = w_b - 0.5 * d
+    expected_b -= 0.1 * (expected_b + 1)
+    assert torch.allclose(nodes["b"].params, expected_b, atol=1e-7)
+    boxes["a"].inbox.append(answer)
+    nodes["a"].tick()  # a: + W d (the same d), then its step towards +1; its dual is still 0
+    expected_a = w_a + 0.5 * d
+    expected_a -= 0.1 * (expected_a - 1)
+    assert torch.allclose(nodes["a"].params, expected_a, atol=1e-7)
+
+
+def test_schedule_final_step_fires_every_edge_once_more():
+    s = ExchangeSchedule(8, {"x": 0, "y": 3}, final_step=21)
+    assert s.due(21) == ("x", "y")
+    for steps in (0, 8, 20, 21, 30):
+        for nb in ("x", "y"):
+            assert s.count(nb, steps) == sum(1 for k in range(1, steps + 1) if nb in s.due(k))
+    assert ExchangeSchedule(8, {"x": 0}, final_step=24).count("x", 24) == 3  # on schedule anyway

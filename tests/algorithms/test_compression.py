@@ -10,7 +10,7 @@ import torch
 
 from hospitalnet.algorithms import make_algorithm
 from hospitalnet.algorithms.base import make_context, site_weights
-from hospitalnet.algorithms.ecl import decode_topk, encode_topk
+from hospitalnet.algorithms.pdmm import decode_topk, encode_topk
 from hospitalnet.config import ECLConfig, NetworkConfig, TopologyConfig, TrainingConfig
 from hospitalnet.errors import ConfigError
 from hospitalnet.messages import ENVELOPE_BYTES, Message, MessageKind
@@ -44,7 +44,7 @@ def max_error(params, target):
 def run(compression, fraction=0.25, network=None, steps=1500):
     objectives, target = quadratic_sites()
     result = run_network(
-        "ecl", objectives, "multiplex_ring", steps, seed=1, training=TRAIN,
+        "ecl-pdmm-damped", objectives, "multiplex_ring", steps, seed=1, training=TRAIN,
         ecl=ECLConfig(compression=compression, topk_fraction=fraction),
         network=network or NetworkConfig(),
     )  # fmt: skip
@@ -58,7 +58,7 @@ def payload_bytes(result):
 def one_site_state(compression, fraction=0.25):
     topo = build_topology(TopologyConfig(kind="ring"), SITES, 0)
     n = dict.fromkeys(SITES, 10)
-    algo = make_algorithm("ecl", ECLConfig(compression=compression, topk_fraction=fraction))
+    algo = make_algorithm("ecl-pdmm-damped", ECLConfig(compression=compression, topk_fraction=fraction))
     ctx = make_context(
         topo, "n1", w0=torch.zeros(DIM), num_samples=n,
         weights=site_weights(topo, n, "samples"), lr=0.1, weight_decay=0.0, exchange_every=8,
@@ -135,6 +135,6 @@ def test_uncompressed_dual_is_rejected_where_float16_is_expected():
 
 def test_bad_compression_settings_are_config_errors():
     with pytest.raises(ConfigError, match="topk_fraction"):
-        make_algorithm("ecl", ECLConfig.model_construct(compression="topk", topk_fraction=0.0))
+        make_algorithm("ecl-pdmm-damped", ECLConfig.model_construct(compression="topk", topk_fraction=0.0))
     with pytest.raises(ConfigError, match="compression"):
-        make_algorithm("ecl", ECLConfig.model_construct(compression="zip", topk_fraction=0.25))
+        make_algorithm("ecl-pdmm-damped", ECLConfig.model_construct(compression="zip", topk_fraction=0.25))

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from hospitalnet.config import ECLConfig, NetworkConfig, TrainingConfig
+from hospitalnet.config import NetworkConfig, TrainingConfig
 from hospitalnet.seeding import torch_generator
 from hospitalnet.simulation import run_network, run_pooled
 
@@ -102,7 +102,7 @@ def accuracy(w, x, y):
 
 STEPS = 3000
 TRAIN = TrainingConfig(lr=0.05, batch_size=16, weight_decay=1e-4)
-# no lingering after the last step: ECL and gossip send exactly the same messages
+# no lingering after the last step: ECL and gossip send the same number of messages
 NET = NetworkConfig(exchange_every=8, linger=False)
 
 
@@ -120,7 +120,6 @@ def test_ecl_matches_pooled_and_beats_gossip_on_class_split_digits():
             STEPS,
             seed=0,
             training=TRAIN,
-            ecl=ECLConfig(theta=0.75),
             network=NET,
         )  # fmt: skip
         for method in ("ecl", "gossip", "local")
@@ -137,4 +136,7 @@ def test_ecl_matches_pooled_and_beats_gossip_on_class_split_digits():
     assert worst["ecl"] >= pooled_acc - 0.025
     assert mean["ecl"] >= mean["gossip"] and worst["ecl"] >= worst["gossip"]
     assert mean["local"] < 0.5  # the class split really is heterogeneous
-    assert runs["ecl"].messages_sent == runs["gossip"].messages_sent
+    # one request and one answer per exchange, as gossip's two models (the last requests may
+    # go unanswered when the run stops)
+    assert 0.99 * runs["gossip"].messages_sent <= runs["ecl"].messages_sent
+    assert runs["ecl"].messages_sent <= runs["gossip"].messages_sent

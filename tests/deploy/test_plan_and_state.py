@@ -82,7 +82,7 @@ def test_plan_from_a_manifest_is_the_site_and_its_own_edges():
 
 def _ecl_state(seed: int):
     topo = from_edges(["a", "b", "c"], [("a", "b"), ("a", "c")])
-    algo = make_algorithm("ecl", ECLConfig(theta=0.8))
+    algo = make_algorithm("ecl-pdmm-damped", ECLConfig(theta=0.8))
     w0 = torch.randn(50, generator=torch.Generator().manual_seed(seed))
     samples = {"a": 10, "b": 20, "c": 30}
     ctx = make_context(
