@@ -1,9 +1,10 @@
-"""Bytes on the wire per method, and what compressing ECL's duals costs in accuracy.
+"""Bytes on the wire per method, and what compressing the PDMM variants' duals costs in accuracy.
 
 On the configured world (default: configs/default.yaml) and topology, every seed runs:
 
 - ``ecl``, ``gossip``, ``fedavg`` (``--methods``) uncompressed, and
-- ECL with compressed duals (``--variants``; ``ecl.compression`` in the config):
+- ``ecl-pdmm-damped`` with compressed duals (``--variants``; ``ecl.compression``; the two-way
+  ``ecl`` sends models and differences, which these codecs do not apply to):
   ``float16`` (half the bytes), ``topk0.25`` (a quarter of the entries as value + index: half
   the bytes), ``topk0.125`` (a quarter of the bytes),
 - ``pooled`` as the accuracy reference.
@@ -43,11 +44,16 @@ VARIANTS = {
 }
 
 
+COMPRESSED = "ecl-pdmm-damped"  # the method whose duals the codecs compress
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
-    ap.add_argument("--methods", default="ecl,gossip,fedavg", help="uncompressed methods")
+    ap.add_argument(
+        "--methods", default="ecl,ecl-pdmm-damped,gossip,fedavg", help="uncompressed methods"
+    )
     ap.add_argument("--variants", default=",".join(VARIANTS), help="compressed ECL variants")
     ap.add_argument("--out", default=None, help="JSON (default communication.json in results)")
     ap.add_argument("--smoke", action="store_true", help="quick.yaml, 12 steps, 1 seed")
@@ -64,7 +70,7 @@ def main() -> int:
         if v not in VARIANTS:
             ap.error(f"--variants: unknown {v!r} (known: {', '.join(VARIANTS)})")
     runs: list[tuple[str, str, dict]] = [(m, m, {}) for m in args.methods.split(",") if m]
-    runs += [(f"ecl+{v}", "ecl", VARIANTS[v]) for v in variants]
+    runs += [(f"{COMPRESSED}+{v}", COMPRESSED, VARIANTS[v]) for v in variants]
     worlds = Worlds(progress=False)
     rows: list[dict[str, Any]] = []
     t_start = time.perf_counter()
@@ -97,11 +103,11 @@ def main() -> int:
                 "error": run.get("error"),
                 "wall_s": run["wall_s"],
             }
-            if name == "ecl":
+            if name == COMPRESSED:
                 uncompressed = head["mean_site_macro_auroc"]
             row["auroc_cost"] = (
                 head["mean_site_macro_auroc"] - uncompressed
-                if name.startswith("ecl+") and uncompressed is not None
+                if name.startswith(f"{COMPRESSED}+") and uncompressed is not None
                 and head["mean_site_macro_auroc"] is not None
                 else None
             )  # fmt: skip
@@ -127,7 +133,7 @@ def main() -> int:
                 "auroc_cost": spread([r["auroc_cost"] for r in group]),
             }
         )
-    ref = next((e for e in summary if e["name"] == "ecl"), None)
+    ref = next((e for e in summary if e["name"] == COMPRESSED), None)
     print(f"\n{'run':14s} {'total MB':>10s} {'kB/exchange':>12s} {'bytes vs ecl':>12s} "
           f"{'mean AUROC':>10s} {'gap':>7s} {'cost':>7s}")  # fmt: skip
     for e in summary:

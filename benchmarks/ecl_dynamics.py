@@ -161,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
                 "worst_accuracy": spread([r[m]["worst"] for r in runs]),
             }
         summary["paired"] = {
-            "ecl_worst_minus_pooled": paired([r["ecl"]["worst"] - r["pooled"]["mean"] for r in runs]),
+            "ecl_worst_minus_pooled": paired(
+                [r["ecl"]["worst"] - r["pooled"]["mean"] for r in runs]
+            ),
             "ecl_mean_minus_pooled": paired([r["ecl"]["mean"] - r["pooled"]["mean"] for r in runs]),
         }
         for m in dmethods:

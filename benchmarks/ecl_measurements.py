@@ -1,4 +1,5 @@
-"""Measurements behind the ``ecl`` preset (ALGORITHMS.md section 2), written to a JSON file.
+"""Measurements behind the PDMM presets (``ecl-pdmm-damped``, the ``ecl`` of earlier releases;
+ALGORITHMS.md section 2), written to a JSON file.
 
 1. theta sweep on the quadratic problem (8 sites, K = 8, exact gradients, sample weights) under
    increasingly late messages: worst site's distance to the pooled optimum after a fixed number
@@ -51,7 +52,7 @@ def quadratic_sweep(steps: int) -> list[dict]:
     for topo, latency, drop, eta in settings:
         for theta in THETAS:
             r = run_network(
-                "ecl", objectives, topo, steps, seed=0,
+                "ecl-pdmm-damped", objectives, topo, steps, seed=0,
                 training=TrainingConfig(lr=0.1, weight_decay=0.0),
                 ecl=ECLConfig(theta=theta, eta=eta),
                 network=NetworkConfig(latency_steps=latency, drop_prob=drop),
@@ -87,7 +88,7 @@ def digits_runs(steps: int) -> dict:
     for theta in THETAS:
         t = time.perf_counter()
         r = run_network(
-            "ecl", objectives(), "multiplex_ring", steps, 0, training=TRAIN,
+            "ecl-pdmm-damped", objectives(), "multiplex_ring", steps, 0, training=TRAIN,
             ecl=ECLConfig(theta=theta), network=NET,
         )  # fmt: skip
         mean, worst = curve(steps, r.params)
@@ -95,7 +96,7 @@ def digits_runs(steps: int) -> dict:
         print(out["theta"][-1], f"{time.perf_counter() - t:.1f}s", flush=True)
     for init in ("model", "zero"):
         r = run_network(
-            "ecl", objectives(), "multiplex_ring", steps, 0, training=TRAIN,
+            "ecl-pdmm-damped", objectives(), "multiplex_ring", steps, 0, training=TRAIN,
             ecl=ECLConfig(theta=0.8, dual_init=init), network=NET,
             eval_every=100, eval_fn=curve,
         )  # fmt: skip

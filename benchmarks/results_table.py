@@ -2,7 +2,7 @@
 
 One table per benchmark, each followed by the command and the machine that produced it:
 accuracy (``main`` part: mean +- std over seeds), the sweeps of training length, label skew and
-K, the ECL diagnosis, communication, throughput and learnability. Smoke runs (``"smoke": true``)
+K, communication, throughput and learnability. Smoke runs (``"smoke": true``)
 and missing files are skipped.
 
 ``python benchmarks/results_table.py [--results benchmarks/results]``
@@ -84,31 +84,6 @@ def sweep(data: dict[str, Any], part: str, field: str) -> str:
         label = "pooled (its AUROC)" if method == "pooled" else f"{method} (gap)"
         rows.append([label, *cells])
     return table([field, *[f"{v:g}" for v in values]], rows)
-
-
-def diagnosis(data: dict[str, Any]) -> str:
-    rows = [
-        [
-            e["variant"],
-            e["tests"],
-            pm(e["mean_site_macro_auroc"]),
-            pm(e["gap_to_pooled"], signed=True),
-            pm(e["averaged_model_macro_auroc"]),
-            pm(e["consensus_distance"]),
-            pm(e["final_train_loss"]),
-        ]
-        for e in data["summary"]
-    ]
-    head = [
-        "run",
-        "tests",
-        "mean site AUROC",
-        "gap to pooled",
-        "averaged model AUROC",
-        "consensus distance",
-        "train loss (last 10%)",
-    ]
-    return table(head, rows)
 
 
 def communication(data: dict[str, Any]) -> str:
@@ -222,7 +197,6 @@ def main() -> int:
         if data and part in data:
             sections.append((f"Sweep: {field}", sweep(data, part, field), data))
     for stem, title, render in (
-        ("ecl_diagnosis", "ECL diagnosis", diagnosis),
         ("communication", "Communication", communication),
         ("throughput", "Throughput", throughput),
         ("learnability", "Learnability (pooled, per label, global test set)", learnability),
