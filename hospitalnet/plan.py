@@ -16,7 +16,7 @@ gives it; every site of a network uses the same file::
 Without a plan file a site builds one from its manifest alone (``network.address`` and
 ``network.neighbours``): site order = the ids sorted, its own edges only, training-set sizes
 unknown. Sample weighting (ECL's and gossip's default) then refuses to start, naming the missing
-``train_samples`` (:mod:`hospitalnet.assembly`); ``ecl.site_weighting: uniform`` trains with
+``train_samples`` (:mod:`hospitalnet.assembly`); ``training.site_weighting: uniform`` trains with
 every loss weight 1.
 """
 

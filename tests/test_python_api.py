@@ -54,7 +54,18 @@ def test_the_readme_example_learns_at_every_site_while_sites_alone_do_not():
 
 
 @pytest.mark.parametrize(
-    "method", ["ecl", "ecl-pdmm", "ecl-pdmm-damped", "ecl-relaxed-pdmm", "ecl-isvr", "gossip", "fedavg", "fedprox", "local"]
+    "method",
+    [
+        "ecl",
+        "ecl-pdmm",
+        "ecl-pdmm-damped",
+        "ecl-relaxed-pdmm",
+        "ecl-isvr",
+        "gossip",
+        "fedavg",
+        "fedprox",
+        "local",
+    ],
 )
 def test_every_method_of_the_api_trains_every_site(method):
     sites = {f"n{k}": QuadraticObjective(torch.full((3,), float(k)), 10 * k) for k in range(1, 5)}

@@ -323,3 +323,29 @@ def test_schedule_final_step_fires_every_edge_once_more():
         for nb in ("x", "y"):
             assert s.count(nb, steps) == sum(1 for k in range(1, steps + 1) if nb in s.due(k))
     assert ExchangeSchedule(8, {"x": 0}, final_step=24).count("x", 24) == 3  # on schedule anyway
+
+
+def test_ecl_state_dict_round_trip_continues_exactly():
+    topo = from_edges(["a", "b"], [("a", "b")])
+    ctx = make_context(
+        topo, "a", w0=torch.zeros(DIM), num_samples={"a": 1, "b": 1}, weights={"a": 1.0},
+        lr=0.1, weight_decay=1e-3, exchange_every=2, total_steps=50,
+    )  # fmt: skip
+    algo = ECL(dual_gain=0.3)
+
+    def work(state, k0):
+        for k in range(k0, k0 + 3):
+            state = algo.local_step(state, 0.0, torch.full((DIM,), 0.1 * k))
+            (request,) = algo.outgoing(state, "b")  # a owns the edge
+            d = torch.full((DIM,), -0.05 * k)
+            state = algo.receive(state, Message("b", "a", MessageKind.MODEL, k, k, d))
+        return state, request
+
+    state, _ = work(algo.init(ctx), 1)
+    tensors, meta = algo.state_dict(state)
+    assert {"w", "lam.b", "lam_step.b"} <= set(tensors) and "correction" not in tensors
+    fresh = algo.load_state_dict(algo.init(ctx), tensors, meta)
+    state, req_a = work(state, 4)
+    fresh, req_b = work(fresh, 4)
+    assert torch.equal(state.w, fresh.w) and torch.equal(req_a.payload, req_b.payload)
+    assert torch.equal(state.lam["b"], fresh.lam["b"]) and fresh.steps == state.steps == 6

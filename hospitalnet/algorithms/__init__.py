@@ -10,6 +10,8 @@ sites by ``training.site_weighting``:
                         exchange; ``ecl.theta`` sets the damping).
 - ``ecl-relaxed-pdmm``  theta 1/2 (formerly ``ecl-admm``; relaxed PDMM, not the authors' ADMM).
 - ``ecl-isvr``          PDMM with rho 0 and eta by the ISVR rule, whatever ECLConfig says.
+- ``ecl-authors-admm``  the authors' "ADMM": theta 1/2 towards the last received dual at every
+                        step (``PDMM(dual_averaging=True)``).
 - ``gossip``            D-PSGD with Metropolis-Hastings weights (same K, as many messages as ECL).
 - ``fedavg``            server average every K local steps, and after the last one.
 - ``fedprox``           FedAvg plus (mu_prox/2)||w - w_global||^2 (``FedProxConfig.mu_prox``).
@@ -39,14 +41,20 @@ from hospitalnet.config import ECLConfig, FedProxConfig, TrainingConfig
 from hospitalnet.errors import ConfigError
 
 #: Methods built on :class:`PDMM` (they read ecl.theta, eta, rho, dual_init, compression).
-PDMM_METHODS = ("ecl-pdmm", "ecl-pdmm-damped", "ecl-relaxed-pdmm", "ecl-isvr")
+PDMM_METHODS = ("ecl-pdmm", "ecl-pdmm-damped", "ecl-relaxed-pdmm", "ecl-isvr", "ecl-authors-admm")
 #: Names that were renamed, with what to use instead.
 RENAMED = {
     "ecl-admm": "ecl-relaxed-pdmm (the same algorithm: PDMM relaxed to theta 1/2)",
 }
 
 
-def _pdmm(cfg: ECLConfig, weighting: SiteWeighting, name: str, **override: float | str) -> PDMM:
+def _pdmm(
+    cfg: ECLConfig,
+    weighting: SiteWeighting,
+    name: str,
+    averaging: bool = False,
+    **override: float | str,
+) -> PDMM:
     theta = float(override.get("theta", cfg.theta))
     eta = override.get("eta", cfg.eta)
     rho = float(override.get("rho", cfg.rho))
@@ -59,6 +67,7 @@ def _pdmm(cfg: ECLConfig, weighting: SiteWeighting, name: str, **override: float
         name=name,
         compression=cfg.compression,
         topk_fraction=cfg.topk_fraction,
+        dual_averaging=averaging,
     )
 
 
@@ -79,6 +88,7 @@ PRESETS: dict[str, Preset] = {
     "ecl-pdmm-damped": lambda e, f, w: _pdmm(e, w, "ecl-pdmm-damped"),
     "ecl-relaxed-pdmm": lambda e, f, w: _pdmm(e, w, "ecl-relaxed-pdmm", theta=0.5),
     "ecl-isvr": lambda e, f, w: _pdmm(e, w, "ecl-isvr", rho=0.0, eta="auto"),
+    "ecl-authors-admm": lambda e, f, w: _pdmm(e, w, "ecl-authors-admm", True, theta=0.5),
     "gossip": lambda e, f, w: Gossip(site_weighting=w),
     "fedavg": lambda e, f, w: FedAvg(mu_prox=0.0, name="fedavg", site_weighting=w),
     "fedprox": lambda e, f, w: FedAvg(mu_prox=f.mu_prox, name="fedprox", site_weighting=w),

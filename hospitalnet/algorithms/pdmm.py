@@ -99,6 +99,7 @@ class PDMMState:
     steps: int = 0
     sent: dict[str, torch.Tensor] = field(default_factory=dict)  # topk: y^_{i|j} (receiver's view)
     heard: dict[str, torch.Tensor] = field(default_factory=dict)  # topk: y^_{j|i} from j
+    y_rcv: dict[str, torch.Tensor] = field(default_factory=dict)  # dual_averaging: last y
 
 
 def topk_size(numel: int, fraction: float) -> int:
@@ -139,6 +140,11 @@ class PDMM(Algorithm):
         ``none``, ``float16`` or ``topk`` (see the module docstring).
     topk_fraction:
         Share of the entries a ``topk`` payload carries, in (0, 1].
+    dual_averaging:
+        False: a received dual relaxes z once, on receipt (``z <- (1 - theta) z + theta y``).
+        True: the authors' "ADMM" (ICML 2021 code): the last received y is kept and z moves
+        towards it by theta at *every* local step (a running average updated each step, so z
+        reaches y within a few steps whatever theta; ``ecl-authors-admm``).
     """
 
     def __init__(
@@ -151,8 +157,10 @@ class PDMM(Algorithm):
         name: str = "ecl-pdmm-damped",
         compression: Compression = "none",
         topk_fraction: float = 0.25,
+        dual_averaging: bool = False,
     ) -> None:
         self.lingers = True  # receive only touches the duals
+        self.dual_averaging = bool(dual_averaging)
         self.derived_state = ("coupling", "received", "dirty", "updates")  # re-summed on load
         if not 0.0 < theta <= 1.0:
             raise ConfigError(f"ecl.theta: {theta} is not in (0, 1]")
@@ -201,6 +209,8 @@ class PDMM(Algorithm):
             exchange_every=ctx.exchange_every,
             eta_lr={j: self._eta_lr(ctx, j) for j in ctx.neighbours},
             w_rcv={j: w.clone() for j in ctx.neighbours} if self.rho > 0 else {},
+            # y from j at w0 equals z0 (either dual_init), so averaging starts at rest
+            y_rcv={j: z[j].clone() for j in ctx.neighbours} if self.dual_averaging else {},
         )
         if self.compression == "topk":
             # y at w0 as both ends compute it: y_{i|j} = z0_{i|j} - 2 A_{i|j} w0, and from j
@@ -251,6 +261,10 @@ class PDMM(Algorithm):
         if not live:  # isolated or no neighbours: exactly plain SGD
             sgd_update(state.w, grad, state.lr, state.weight, state.weight_decay)
             return state
+        if self.dual_averaging:  # every step: z moves by theta towards the last y received
+            for j in live:
+                state.z[j].lerp_(state.y_rcv[j], self.theta)
+            state.dirty = True
         if state.dirty:
             self._refresh(state, live)
         assert state.coupling is not None
@@ -289,6 +303,9 @@ class PDMM(Algorithm):
                 y = state.heard[j]
             elif y.dtype != z.dtype:
                 y = y.to(z.dtype)
+            if self.dual_averaging:
+                state.y_rcv[j].copy_(y)  # z follows at every local step
+                return state
             if state.active[j] and not state.dirty and state.coupling is not None:
                 # keep the cached coupling in step: + eta_ij mu A theta (y - z), two passes
                 # instead of a full re-sum; re-summed exactly every REFRESH_EVERY updates

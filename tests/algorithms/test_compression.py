@@ -58,7 +58,9 @@ def payload_bytes(result):
 def one_site_state(compression, fraction=0.25):
     topo = build_topology(TopologyConfig(kind="ring"), SITES, 0)
     n = dict.fromkeys(SITES, 10)
-    algo = make_algorithm("ecl-pdmm-damped", ECLConfig(compression=compression, topk_fraction=fraction))
+    algo = make_algorithm(
+        "ecl-pdmm-damped", ECLConfig(compression=compression, topk_fraction=fraction)
+    )
     ctx = make_context(
         topo, "n1", w0=torch.zeros(DIM), num_samples=n,
         weights=site_weights(topo, n, "samples"), lr=0.1, weight_decay=0.0, exchange_every=8,
@@ -135,6 +137,10 @@ def test_uncompressed_dual_is_rejected_where_float16_is_expected():
 
 def test_bad_compression_settings_are_config_errors():
     with pytest.raises(ConfigError, match="topk_fraction"):
-        make_algorithm("ecl-pdmm-damped", ECLConfig.model_construct(compression="topk", topk_fraction=0.0))
+        make_algorithm(
+            "ecl-pdmm-damped", ECLConfig.model_construct(compression="topk", topk_fraction=0.0)
+        )
     with pytest.raises(ConfigError, match="compression"):
-        make_algorithm("ecl-pdmm-damped", ECLConfig.model_construct(compression="zip", topk_fraction=0.25))
+        make_algorithm(
+            "ecl-pdmm-damped", ECLConfig.model_construct(compression="zip", topk_fraction=0.25)
+        )

@@ -154,7 +154,7 @@ def test_pdmm_reaches_pooled_optimum_without_delays(topology, method):
 
 
 @pytest.mark.parametrize("topology", ["ring", "multiplex_ring", "random", "complete"])
-@pytest.mark.parametrize("method", ["ecl-pdmm-damped", "ecl-relaxed-pdmm"])
+@pytest.mark.parametrize("method", ["ecl-pdmm-damped", "ecl-relaxed-pdmm", "ecl-authors-admm"])
 def test_pdmm_reaches_pooled_optimum_with_delays_and_drops(topology, method):
     objectives, centres = quadratic_sites()
     result = run_network(method, objectives, topology, 1500, seed=2, training=TRAIN, network=LOSSY)
