@@ -140,6 +140,7 @@ def site_context(
     w0: torch.Tensor,
     num_samples: int,
     total_steps: int | None = None,
+    coupling_scale: torch.Tensor | None = None,
 ) -> SiteContext:
     """What ``site`` knows when it starts.
 
@@ -176,6 +177,7 @@ def site_context(
         exchange_every=cfg.network.exchange_every,
         neighbours=(SERVER,) if algorithm.uses_server else None,
         total_steps=cfg.training.local_steps if total_steps is None else total_steps,
+        coupling_scale=coupling_scale,
     )
 
 
@@ -256,7 +258,12 @@ def build_site(
         (None for a constant step size).
     """
     total = cfg.training.local_steps if steps is None else int(steps)
-    context = site_context(site, plan, cfg, algorithm, w0, int(objective.num_samples), total)
+    # an optional member of the objective contract (the chest objective has it)
+    scale_of = getattr(objective, "coupling_scale", None)
+    scale = scale_of() if callable(scale_of) else None
+    context = site_context(
+        site, plan, cfg, algorithm, w0, int(objective.num_samples), total, coupling_scale=scale
+    )
     return SiteNode(
         context,
         algorithm,

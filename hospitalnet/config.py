@@ -114,6 +114,9 @@ class ECLConfig(Section):
         "auto", description="PDMM variants: coupling; auto = ISVR rule"
     )
     rho: float = Field(0.0, ge=0, description="PDMM variants: proximity to received models")
+    eta_scaling: Literal["none", "sqrt_fan_in"] = Field(
+        "none", description="PDMM variants: sqrt_fan_in = eta per tensor x sqrt(fan-in) (KDD code)"
+    )
     dual_init: Literal["model", "zero"] = "model"
     compression: Literal["none", "float16", "topk"] = Field(
         "none",

@@ -68,6 +68,7 @@ def _pdmm(
         compression=cfg.compression,
         topk_fraction=cfg.topk_fraction,
         dual_averaging=averaging,
+        eta_scaling=cfg.eta_scaling,
     )
 
 

@@ -66,6 +66,9 @@ class SiteContext:
     total_steps:
         The local steps the site will take (None: no limit, a deployment that stops on a
         signal); ECL freezes a finished site's model, FedAvg ends on a last global round.
+    coupling_scale:
+        Optional per-parameter factor of the PDMM coupling (``eta_scaling: sqrt_fan_in``), from
+        the objective's optional ``coupling_scale()``; None where it has none.
     """
 
     site: str
@@ -80,6 +83,7 @@ class SiteContext:
     weight_decay: float = 0.0
     exchange_every: int = 8
     total_steps: int | None = None
+    coupling_scale: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -279,6 +283,7 @@ def make_context(
     exchange_every: int,
     neighbours: tuple[str, ...] | None = None,
     total_steps: int | None = None,
+    coupling_scale: torch.Tensor | None = None,
 ) -> SiteContext:
     """The :class:`SiteContext` of ``site`` in ``topology`` (``neighbours`` overrides, e.g. server)."""
     nbs = topology.neighbours(site) if neighbours is None else neighbours
@@ -296,4 +301,5 @@ def make_context(
         weight_decay=float(weight_decay),
         exchange_every=int(exchange_every),
         total_steps=None if total_steps is None else int(total_steps),
+        coupling_scale=coupling_scale,
     )

@@ -100,6 +100,7 @@ class PDMMState:
     sent: dict[str, torch.Tensor] = field(default_factory=dict)  # topk: y^_{i|j} (receiver's view)
     heard: dict[str, torch.Tensor] = field(default_factory=dict)  # topk: y^_{j|i} from j
     y_rcv: dict[str, torch.Tensor] = field(default_factory=dict)  # dual_averaging: last y
+    scale: torch.Tensor | None = None  # eta_scaling sqrt_fan_in: eta's per-parameter factor
 
 
 def topk_size(numel: int, fraction: float) -> int:
@@ -140,6 +141,11 @@ class PDMM(Algorithm):
         ``none``, ``float16`` or ``topk`` (see the module docstring).
     topk_fraction:
         Share of the entries a ``topk`` payload carries, in (0, 1].
+    eta_scaling:
+        ``none``, or ``sqrt_fan_in``: eta multiplied per tensor by sqrt(fan-in) as in the
+        authors' KDD 2020 code (``SiteContext.coupling_scale``; the fixed point is unchanged, the
+        coupling is per coordinate and the same at both ends). Needs an objective that gives
+        ``coupling_scale()`` (the chest objective does).
     dual_averaging:
         False: a received dual relaxes z once, on receipt (``z <- (1 - theta) z + theta y``).
         True: the authors' "ADMM" (ICML 2021 code): the last received y is kept and z moves
@@ -158,10 +164,15 @@ class PDMM(Algorithm):
         compression: Compression = "none",
         topk_fraction: float = 0.25,
         dual_averaging: bool = False,
+        eta_scaling: Literal["none", "sqrt_fan_in"] = "none",
     ) -> None:
+        if eta_scaling not in ("none", "sqrt_fan_in"):
+            raise ConfigError(f"ecl.eta_scaling: unknown value {eta_scaling!r}")
+        self.eta_scaling = eta_scaling
         self.lingers = True  # receive only touches the duals
         self.dual_averaging = bool(dual_averaging)
-        self.derived_state = ("coupling", "received", "dirty", "updates")  # re-summed on load
+        # re-summed on load; the scale is the context's
+        self.derived_state = ("coupling", "received", "dirty", "updates", "scale")
         if not 0.0 < theta <= 1.0:
             raise ConfigError(f"ecl.theta: {theta} is not in (0, 1]")
         if eta != "auto" and not float(eta) > 0:
@@ -211,6 +222,7 @@ class PDMM(Algorithm):
             w_rcv={j: w.clone() for j in ctx.neighbours} if self.rho > 0 else {},
             # y from j at w0 equals z0 (either dual_init), so averaging starts at rest
             y_rcv={j: z[j].clone() for j in ctx.neighbours} if self.dual_averaging else {},
+            scale=self._scale(ctx),
         )
         if self.compression == "topk":
             # y at w0 as both ends compute it: y_{i|j} = z0_{i|j} - 2 A_{i|j} w0, and from j
@@ -228,6 +240,16 @@ class PDMM(Algorithm):
         if kind is MessageKind.DUAL and self.compression == "topk":
             return 2 * topk_size(like.numel(), self.topk_fraction), like.dtype
         return like.numel(), like.dtype
+
+    def _scale(self, ctx: SiteContext) -> torch.Tensor | None:
+        if self.eta_scaling == "none":
+            return None
+        if ctx.coupling_scale is None:
+            raise ConfigError(
+                "ecl.eta_scaling: sqrt_fan_in needs the model's tensor shapes; this site's "
+                "objective gives no coupling_scale()"
+            )
+        return ctx.coupling_scale.to(ctx.w0.dtype)
 
     def _eta_lr(self, ctx: SiteContext, j: str) -> float:
         if self.eta == "auto":
@@ -269,6 +291,9 @@ class PDMM(Algorithm):
             self._refresh(state, live)
         assert state.coupling is not None
         inv_lr = 1.0 / state.lr
+        if state.scale is not None:
+            self._scaled_step(state, grad, live)
+            return state
         inv = 1.0 / (inv_lr * (1.0 + sum(state.eta_lr[j] for j in live)) + self.rho * len(live))
         w = state.w
         w.mul_((inv_lr - state.weight_decay) * inv)
@@ -278,6 +303,20 @@ class PDMM(Algorithm):
             assert state.received is not None
             w.add_(state.received, alpha=self.rho * inv)
         return state
+
+    def _scaled_step(self, state: PDMMState, grad: torch.Tensor, live: list[str]) -> None:
+        """The local step with eta per coordinate (eta_ij * scale): the same formula, with the
+        denominator a vector."""
+        assert state.scale is not None and state.coupling is not None
+        inv_lr = 1.0 / state.lr
+        den = state.scale * (inv_lr * sum(state.eta_lr[j] for j in live))
+        den.add_(inv_lr + self.rho * len(live))
+        num = state.w * (inv_lr - state.weight_decay)
+        num.add_(grad, alpha=-state.weight).addcmul_(state.scale, state.coupling, value=inv_lr)
+        if self.rho > 0:
+            assert state.received is not None
+            num.add_(state.received, alpha=self.rho)
+        torch.div(num, den, out=state.w)
 
     # ---- exchange --------------------------------------------------------------------------
     def outgoing(self, state: PDMMState, neighbour: str) -> list[Outgoing]:

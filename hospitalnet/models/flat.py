@@ -7,6 +7,7 @@ network is one copy and the gradient needs no gathering. Buffers never take part
 from __future__ import annotations
 
 import hashlib
+import math
 
 import torch
 from torch import nn
@@ -33,6 +34,18 @@ class FlatParams:
     @property
     def numel(self) -> int:
         return self.flat.numel()
+
+    def fan_in_scale(self) -> torch.Tensor:
+        """sqrt(fan-in) of every parameter's tensor, as one flat vector (the ECL authors' KDD
+        2020 code scales the coupling eta per tensor by it): a weight's fan-in is the product
+        of its dimensions after the first (a 1-D weight, e.g. a norm's: its length); a bias
+        takes the fan-in of the weight before it."""
+        parts, last = [], 1
+        for name, shape, _ in self.schema:
+            if name.endswith("weight"):
+                last = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+            parts.append(torch.full((math.prod(shape),), math.sqrt(last), dtype=self.flat.dtype))
+        return torch.cat(parts).to(self.flat.device)
 
     def load(self, w: torch.Tensor) -> None:
         """Make the module compute with ``w`` (no copy when ``w`` already is the flat buffer)."""

@@ -78,6 +78,10 @@ class ChestXrayObjective:
     def init_params(self) -> torch.Tensor:
         return self.flat.flat.detach().clone()
 
+    def coupling_scale(self) -> torch.Tensor:
+        """Per-parameter sqrt(fan-in) (``ecl.eta_scaling: sqrt_fan_in``)."""
+        return self.flat.fan_in_scale()
+
     def loss_and_grad(self, w: torch.Tensor) -> tuple[float, torch.Tensor]:
         idx = self.sampler.next()
         x = self.images[idx].to(self.device, non_blocking=True).float().div_(255.0)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hospitalnet.config import ECLConfig, NetworkConfig, TopologyConfig, TrainingConfig
+from hospitalnet.errors import ConfigError
 from hospitalnet.messages import ENVELOPE_BYTES
 from hospitalnet.objective import QuadraticObjective
 from hospitalnet.seeding import numpy_rng, torch_generator
@@ -284,3 +285,22 @@ def test_fedavg_uniform_weighting_averages_with_equal_weights():
     train = TrainingConfig(lr=0.1, weight_decay=0.0, site_weighting="uniform")
     result = run_network("fedavg", objectives, "ring", 800, 10, training=train)
     assert max_error(result.params, centres.mean(0)) < 1e-6
+
+
+class ScaledQuadratic(QuadraticObjective):
+    """A quadratic whose objective gives a per-coordinate coupling scale (as sqrt(fan-in))."""
+
+    def coupling_scale(self):
+        return torch.tensor([1.0, 2.0, 3.0, 12.0], dtype=self.centre.dtype)
+
+
+def test_pdmm_with_sqrt_fan_in_coupling_keeps_the_pooled_optimum():
+    _, centres = quadratic_sites(dtype=torch.float64)
+    objectives = {s: ScaledQuadratic(centres[k], SIZES[k]) for k, s in enumerate(SITES)}
+    settings = ECLConfig(eta=0.05, eta_scaling="sqrt_fan_in")
+    result = run_network("ecl-pdmm-damped", objectives, "multiplex_ring", 3000, seed=3,
+                         training=TRAIN, ecl=settings, network=LOSSY)  # fmt: skip
+    assert max_error(result.params, weighted_mean(centres, SIZES)) < 1e-9
+    plain = {s: QuadraticObjective(centres[k], SIZES[k]) for k, s in enumerate(SITES)}
+    with pytest.raises(ConfigError, match="eta_scaling"):
+        run_network("ecl-pdmm-damped", plain, "ring", 10, seed=3, training=TRAIN, ecl=settings)
