@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hospitalnet.errors import ConfigError
 
@@ -30,6 +30,12 @@ class WorldConfig(Section):
     """The built-in synthetic ChestX-ray14 world (``hospitalnet synth``)."""
 
     patients: int = Field(3000, gt=0, description="synthetic patients in the pooled data set")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        description="seed of the world (generation, partition, storage), separate from the "
+        "training seed so that training seeds can be paired on one world; None = the run's seed",
+    )
     image_size: int = Field(128, ge=32, le=1024, description="PNG side length in pixels")
     cache_dir: str | None = Field(
         None,
@@ -41,6 +47,12 @@ class WorldConfig(Section):
         "world: the --out folder of `hospitalnet partition` (partition.json, sites/); ~ and "
         "${VAR} are expanded; None = the built-in synthetic world",
     )
+
+    @model_validator(mode="after")
+    def _seed_needs_synthetic(self) -> WorldConfig:
+        if self.seed is not None and self.root is not None:
+            raise ValueError("world.seed makes a synthetic world; it has no effect with world.root")
+        return self
 
 
 class PartitionConfig(Section):
