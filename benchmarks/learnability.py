@@ -11,8 +11,8 @@ chance, none at 1.0).
 
 Has training converged? Every run also records pooled's learning curve (macro AUROC on the global
 test set at the config's ``training.eval_points``) and its *last-quarter rise*: the macro AUROC
-at the end minus the macro AUROC at the last evaluation point at or before 3/4 of the steps
-(a flat curve: a rise near 0).
+at the end minus the macro AUROC at the evaluation point nearest to 3/4 of the steps (a flat
+curve: a rise near 0).
 
 Writes benchmarks/results/learnability.json. Run from the repository root:
 ``python benchmarks/learnability.py [--seeds 2] [--steps 500,2000]``;
@@ -62,13 +62,13 @@ def learning_curve(stored: dict, world, site: str) -> list[dict[str, float | Non
 
 
 def last_quarter_rise(curve: list[dict[str, float | None]], final: float) -> float | None:
-    """``final`` minus the macro AUROC at the last point at or before 3/4 of the last point's
-    steps; None without such a point."""
-    end = curve[-1]["local_steps"] if curve else None
-    before = [p for p in curve if end and p["local_steps"] <= 0.75 * end + 1e-9]
-    if not before or before[-1]["macro_auroc"] is None or not np.isfinite(final):
+    """``final`` minus the macro AUROC at the evaluation point nearest to 3/4 of the last point's
+    steps (points fall a step or two off the nominal spacing); None without such a point."""
+    if len(curve) < 2 or not np.isfinite(final):
         return None
-    return float(final - before[-1]["macro_auroc"])
+    three_quarters = 0.75 * curve[-1]["local_steps"]
+    point = min(curve[:-1], key=lambda p: abs(p["local_steps"] - three_quarters))
+    return None if point["macro_auroc"] is None else float(final - point["macro_auroc"])
 
 
 def _signed(value: float | None) -> str:

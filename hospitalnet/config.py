@@ -58,7 +58,7 @@ class WorldConfig(Section):
 class PartitionConfig(Section):
     """How the pooled data set is split into sites (``hospitalnet partition``)."""
 
-    profile: str = Field("default", description="site profile name (registry in data.partition)")
+    profile: str = Field("default", description="site profile: default | strong (data.profiles)")
     skew: float = Field(1.0, ge=0.0, description="0 = IID sites, 1 = the profile, >1 = stronger")
     local_test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
 
