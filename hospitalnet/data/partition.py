@@ -17,16 +17,15 @@ profiles are in :mod:`hospitalnet.data.profiles`):
    the product of the label multipliers times a view multiplier. A patient with many findings is
    pulled hard towards the sites that want them, as multimorbid patients are in reality.
 2. Skew. ``P(s | p) proportional to c_s * exp(skew * log a[p, s])`` over the eligible sites
-   (0 elsewhere); the per-site constants
-   ``c_s`` are fitted (iterative proportional fitting) so that the *expected* image counts equal
-   the profile's size shares whatever the skew: skew 0 gives IID sites of the same sizes,
-   1 the profile, > 1 a stronger bias.
+   (0 elsewhere); the per-site constants ``c_s`` are fitted (iterative proportional fitting) so
+   that the *expected* image counts equal the profile's size shares whatever the skew: skew 0
+   gives IID sites (among the eligible) of the same sizes, 1 the profile, > 1 a stronger bias.
 3. Sampling. Each patient draws its site from ``P(. | p)`` (seeded).
 4. Rebalancing. While some site's image share misses its target by more than
    :data:`SHARE_TOLERANCE`, the patient of the most over-full site that fits the most under-full
    site best (largest ``log P(dst | p) - log P(src | p)``) and whose move reduces the imbalance
-   moves there (only to a site it is eligible for). Every site keeps at least :data:`MIN_PATIENTS_PER_SITE` patients (one train, one
-   local test).
+   moves there (only to a site it is eligible for). Every site keeps at least
+   :data:`MIN_PATIENTS_PER_SITE` patients (one train, one local test).
 
 Heterogeneity is reported as the Jensen-Shannon divergence between a site's *label distribution*
 and the pooled one: the occurrences of the 14 labels plus "No Finding" over the site's images,
@@ -203,11 +202,12 @@ def assign_sites(
     shares = np.array([s.share for s in profile.sites])
     if not patients.eligible.any(axis=1).all():
         raise DataError("partition: some patients fit no site; leave them out first")
-    short = [s.site for s, n in zip(profile.sites, patients.eligible.sum(axis=0)) if n < 2]
+    eligible_counts = patients.eligible.sum(axis=0)
+    short = [s.site for s, n in zip(profile.sites, eligible_counts) if n < MIN_PATIENTS_PER_SITE]
     if short:
         raise DataError(
-            f"partition: too few patients without the findings site(s) {', '.join(short)} lack "
-            f"(need at least {MIN_PATIENTS_PER_SITE} each)"
+            f"partition: site(s) {', '.join(short)} of profile {profile.name}: fewer than "
+            f"{MIN_PATIENTS_PER_SITE} patients have none of the findings the site lacks"
         )
     prob = site_probabilities(patients, shares, skew)
     u = rng.random(len(patients.ids))
@@ -255,7 +255,7 @@ def _ensure_minimum(
     site: np.ndarray, images: np.ndarray, log_prob: np.ndarray, eligible: np.ndarray
 ) -> None:
     """Give every site :data:`MIN_PATIENTS_PER_SITE` patients, taken from the largest site (by
-    images, else by patients) that has a patient eligible there."""
+    images) that can spare one eligible there."""
     n_sites = eligible.shape[1]
     for dst in range(n_sites):
         while np.count_nonzero(site == dst) < MIN_PATIENTS_PER_SITE:

@@ -144,7 +144,7 @@ def test_too_few_patients_for_a_lacking_site_is_a_data_error():
     # 40 patients, every one with Infiltration: n7 and n8 (which lack it) can get nobody
     rows = [(f"{p:08d}_000.png", "Infiltration", p, "PA") for p in range(1, 41)]
     index = index_of_rows(rows, set())
-    with pytest.raises(DataError, match="n7, n8"):
+    with pytest.raises(DataError, match=r"site\(s\) n7, n8 of profile strong: fewer than 2"):
         build_partition(index, "strong", 1.0, seed=0)
 
 
