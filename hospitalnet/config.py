@@ -30,6 +30,12 @@ class WorldConfig(Section):
     """The built-in synthetic ChestX-ray14 world (``hospitalnet synth``)."""
 
     patients: int = Field(3000, gt=0, description="synthetic patients in the pooled data set")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        description="seed of the world (generation, partition, storage), separate from the "
+        "training seed so that training seeds can be paired on one world; None = the run's seed",
+    )
     image_size: int = Field(128, ge=32, le=1024, description="PNG side length in pixels")
     cache_dir: str | None = Field(
         None,
@@ -42,11 +48,17 @@ class WorldConfig(Section):
         "${VAR} are expanded; None = the built-in synthetic world",
     )
 
+    @model_validator(mode="after")
+    def _seed_needs_synthetic(self) -> WorldConfig:
+        if self.seed is not None and self.root is not None:
+            raise ValueError("world.seed makes a synthetic world; it has no effect with world.root")
+        return self
+
 
 class PartitionConfig(Section):
     """How the pooled data set is split into sites (``hospitalnet partition``)."""
 
-    profile: str = Field("default", description="site profile name (registry in data.partition)")
+    profile: str = Field("default", description="site profile: default | strong (data.profiles)")
     skew: float = Field(1.0, ge=0.0, description="0 = IID sites, 1 = the profile, >1 = stronger")
     local_test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
 

@@ -78,11 +78,18 @@ def _store_site(root: Path, site: str, storage: str, seed: int) -> None:
     manifest_path.write_text(yaml.safe_dump(text, sort_keys=False))
 
 
+def world_seed(cfg: ExperimentConfig) -> int:
+    """The seed the world is made with: ``world.seed``, or the run's seed when it is None."""
+    return cfg.seed if cfg.world.seed is None else cfg.world.seed
+
+
 def _settings(cfg: ExperimentConfig) -> dict:
+    # world.seed enters as "seed" (the world's seed), so that world.seed None keeps the folder
+    # names and READY files of worlds made before it existed
     return {
-        "world": cfg.world.model_dump(exclude={"cache_dir", "root"}),
+        "world": cfg.world.model_dump(exclude={"cache_dir", "root", "seed"}),
         "partition": cfg.partition.model_dump(),
-        "seed": cfg.seed,
+        "seed": world_seed(cfg),
         "version": 4,  # bump when the generator or the partition changes
     }
 
@@ -118,6 +125,7 @@ def ensure_world(cfg: ExperimentConfig, *, progress: bool = True) -> Path:
             )
         return given
     root = world_dir(cfg)
+    seed = world_seed(cfg)
     ready = root / "READY"
     if ready.is_file() and json.loads(ready.read_text()) == _settings(cfg):
         return root
@@ -128,7 +136,7 @@ def ensure_world(cfg: ExperimentConfig, *, progress: bool = True) -> Path:
         root / "nih",
         patients=cfg.world.patients,
         size=cfg.world.image_size,
-        seed=cfg.seed,
+        seed=seed,
         force=True,
         progress=progress,
     )
@@ -137,12 +145,12 @@ def ensure_world(cfg: ExperimentConfig, *, progress: bool = True) -> Path:
         root,
         profile=cfg.partition.profile,
         skew=cfg.partition.skew,
-        seed=cfg.seed,
+        seed=seed,
         local_test_fraction=cfg.partition.local_test_fraction,
     )
     for site, storage in STORAGE.items():
         if (root / "sites" / site).is_dir():
-            _store_site(root, site, storage, cfg.seed)
+            _store_site(root, site, storage, seed)
     ready.write_text(json.dumps(_settings(cfg)))
     return root
 

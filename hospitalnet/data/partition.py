@@ -5,23 +5,27 @@ the global test set (a pooled set without one gets a seeded 20 % of its patients
 with a warning). Each site then holds out ``local_test_fraction`` of its own patients as its local
 test split. Every step works on patients, never on images.
 
-The assignment (:func:`assign_sites`), for patient ``p`` and site ``s`` of a profile:
+The assignment (:func:`assign_sites`), for patient ``p`` and site ``s`` of a profile (the
+profiles are in :mod:`hospitalnet.data.profiles`):
 
+0. Eligibility. A site never receives a patient with a finding (on any of its films) that the
+   site's profile lists as ``absent``. A patient no site may hold is left out of every site and
+   counted in ``partition.json`` under ``unassigned`` (never dropped silently).
 1. Affinity. ``log a[p, s] = sum of log label_affinity[s, l] over the patient's labels`` (the
    union over its films; "No Finding" when none of its films has a finding)
    ``+ sum over views v of (fraction of its films in view v) * log view_affinity[s, v]``, i.e.
    the product of the label multipliers times a view multiplier. A patient with many findings is
    pulled hard towards the sites that want them, as multimorbid patients are in reality.
-2. Skew. ``P(s | p) proportional to c_s * exp(skew * log a[p, s])``; the per-site constants
-   ``c_s`` are fitted (iterative proportional fitting) so that the *expected* image counts equal
-   the profile's size shares whatever the skew: skew 0 gives IID sites of the same sizes,
-   1 the profile, > 1 a stronger bias.
+2. Skew. ``P(s | p) proportional to c_s * exp(skew * log a[p, s])`` over the eligible sites
+   (0 elsewhere); the per-site constants ``c_s`` are fitted (iterative proportional fitting) so
+   that the *expected* image counts equal the profile's size shares whatever the skew: skew 0
+   gives IID sites (among the eligible) of the same sizes, 1 the profile, > 1 a stronger bias.
 3. Sampling. Each patient draws its site from ``P(. | p)`` (seeded).
 4. Rebalancing. While some site's image share misses its target by more than
    :data:`SHARE_TOLERANCE`, the patient of the most over-full site that fits the most under-full
    site best (largest ``log P(dst | p) - log P(src | p)``) and whose move reduces the imbalance
-   moves there. Every site keeps at least :data:`MIN_PATIENTS_PER_SITE` patients (one train, one
-   local test).
+   moves there (only to a site it is eligible for). Every site keeps at least
+   :data:`MIN_PATIENTS_PER_SITE` patients (one train, one local test).
 
 Heterogeneity is reported as the Jensen-Shannon divergence between a site's *label distribution*
 and the pooled one: the occurrences of the 14 labels plus "No Finding" over the site's images,
@@ -45,7 +49,7 @@ import logging
 import os
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +61,15 @@ from scipy.spatial.distance import jensenshannon
 from hospitalnet.config import TopologyConfig
 from hospitalnet.data.indexing import VIEWS
 from hospitalnet.data.nih import NihLoader
+from hospitalnet.data.profiles import (  # noqa: F401  (re-exported: the profiles lived here)
+    CATEGORIES,
+    DEFAULT_PROFILE,
+    PROFILES,
+    STRONG_PROFILE,
+    NetworkProfile,
+    SiteProfile,
+    get_profile,
+)
 from hospitalnet.errors import ConfigError, DataError
 from hospitalnet.labels import LABELS, NO_FINDING, NUM_LABELS
 from hospitalnet.rundir_schema import GLOBAL  # the site id of the global test set's manifest
@@ -65,138 +78,11 @@ from hospitalnet.topology import multiplex_ring
 
 logger = logging.getLogger(__name__)
 
-CATEGORIES: tuple[str, ...] = (*LABELS, NO_FINDING)  # what a label distribution counts
 SHARE_TOLERANCE = 0.005  # rebalance until every site's image share is within 0.5 points of target
 MIN_PATIENTS_PER_SITE = 2  # one for train, one for the local test split
 GLOBAL_TEST_FRACTION_WITHOUT_LIST = 0.2  # patients held out when the pooled set has no test list
 BASE_PORT = 50050  # site k of the profile listens on 127.0.0.1:(BASE_PORT + k), n1 -> 50051
 SCHEMA = "hospitalnet.partition/1"
-
-
-# ---------------------------------------------------------------------------------- profiles
-
-
-@dataclass(frozen=True)
-class SiteProfile:
-    """One hospital of a network profile.
-
-    Attributes
-    ----------
-    site
-        Site id (``n1`` ...), also the manifest's ``site``.
-    description
-        The hospital's character, written into its manifest.
-    share
-        Target fraction of the partitioned (train_val) images.
-    label_affinity
-        Label (one of the 14, or ``"No Finding"``) -> multiplier of a patient's affinity per
-        occurrence; absent = 1 (neutral). > 1 over-represents the label at this site.
-    view_affinity
-        ``"PA"`` / ``"AP"`` -> multiplier per image of that view; absent = 1.
-    """
-
-    site: str
-    description: str
-    share: float
-    label_affinity: Mapping[str, float] = field(default_factory=dict)
-    view_affinity: Mapping[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not self.share > 0:
-            raise ConfigError(f"profile site {self.site}: share must be > 0")
-        for name, mult in self.label_affinity.items():
-            if name not in CATEGORIES or not mult > 0:
-                raise ConfigError(f"profile site {self.site}: bad label affinity {name!r}")
-        for name, mult in self.view_affinity.items():
-            if name not in VIEWS or not mult > 0:
-                raise ConfigError(f"profile site {self.site}: bad view affinity {name!r}")
-
-
-@dataclass(frozen=True)
-class NetworkProfile:
-    """A named set of hospitals whose shares sum to 1."""
-
-    name: str
-    sites: tuple[SiteProfile, ...]
-
-    def __post_init__(self) -> None:
-        ids = [s.site for s in self.sites]
-        if len(set(ids)) != len(ids) or GLOBAL in ids:
-            raise ConfigError(f"profile {self.name}: site ids must be unique and not {GLOBAL!r}")
-        if abs(sum(s.share for s in self.sites) - 1.0) > 1e-6:
-            raise ConfigError(f"profile {self.name}: site shares must sum to 1")
-
-    @property
-    def site_ids(self) -> tuple[str, ...]:
-        return tuple(s.site for s in self.sites)
-
-
-# DATA.md section 4. Multipliers tuned on the synthetic ChestX-ray14 pool (3000 patients, skew 1,
-# mean of 4 seeds): each site's listed labels come out about 1.3-5x as prevalent as pooled (the
-# rarer the label, the larger the ratio), "mostly No Finding" sites about 1.4-1.6x normal films,
-# no label vanishes from any site by design. JSD from pooled: about 0.02 (n1) to 0.14 (n8).
-DEFAULT_PROFILE = NetworkProfile(
-    "default",
-    (
-        SiteProfile("n1", "large university hospital", 0.25),
-        SiteProfile(
-            "n2",
-            "tertiary ICU-heavy centre",
-            0.20,
-            {
-                "Effusion": 3.0,
-                "Atelectasis": 2.5,
-                "Edema": 3.0,
-                "Pneumothorax": 3.0,
-                "Consolidation": 2.5,
-                NO_FINDING: 0.6,
-            },
-            {"AP": 4.0},
-        ),
-        SiteProfile("n3", "cancer centre", 0.15, {"Mass": 8.0, "Nodule": 8.0}, {"PA": 3.0}),
-        SiteProfile(
-            "n4",
-            "pulmonary clinic",
-            0.12,
-            {"Emphysema": 8.0, "Fibrosis": 8.0, "Pleural_Thickening": 5.0},
-            {"PA": 3.0},
-        ),
-        SiteProfile(
-            "n5",
-            "cardiology hospital",
-            0.10,
-            {"Cardiomegaly": 8.0, "Edema": 3.0, "Effusion": 2.0},
-        ),
-        SiteProfile(
-            "n6",
-            "community hospital",
-            0.08,
-            {NO_FINDING: 3.0, "Infiltration": 4.0, "Pneumonia": 4.0},
-            {"PA": 3.0},
-        ),
-        SiteProfile(
-            "n7",
-            "infectious-disease hospital",
-            0.06,
-            {"Pneumonia": 10.0, "Infiltration": 3.0, "Consolidation": 4.0},
-            {"AP": 3.0},
-        ),
-        SiteProfile(
-            "n8", "small rural clinic", 0.04, {NO_FINDING: 4.0, "Hernia": 20.0}, {"PA": 3.0}
-        ),
-    ),
-)
-
-# The explicit registry of profiles (``--profile`` / ``partition.profile``).
-PROFILES: dict[str, NetworkProfile] = {DEFAULT_PROFILE.name: DEFAULT_PROFILE}
-
-
-def get_profile(name: str) -> NetworkProfile:
-    try:
-        return PROFILES[name]
-    except KeyError:
-        known = ", ".join(sorted(PROFILES))
-        raise ConfigError(f"partition profile: unknown profile {name!r} (known: {known})") from None
 
 
 # ------------------------------------------------------------------------- label statistics
@@ -234,6 +120,12 @@ class Patients:
     ids: np.ndarray  # pseudonyms
     images: np.ndarray  # images per patient
     log_affinity: np.ndarray  # (patients, sites), before skew
+    eligible: np.ndarray  # (patients, sites) bool: the patient has no finding the site lacks
+
+    def subset(self, keep: np.ndarray) -> Patients:
+        return Patients(
+            self.ids[keep], self.images[keep], self.log_affinity[keep], self.eligible[keep]
+        )
 
 
 def patient_affinities(index: pd.DataFrame, profile: NetworkProfile) -> Patients:
@@ -266,15 +158,18 @@ def patient_affinities(index: pd.DataFrame, profile: NetworkProfile) -> Patients
         [[np.log(s.view_affinity.get(v, 1.0)) for s in profile.sites] for v in VIEWS]
     )
     log_affinity = categories @ log_labels + view_share @ log_views
-    return Patients(np.asarray(ids, dtype=str), counts.astype(np.int64), log_affinity)
+    absent = np.array([[name in s.absent for s in profile.sites] for name in LABELS])
+    eligible = ~(has_label.astype(np.int64) @ absent.astype(np.int64) > 0)
+    return Patients(np.asarray(ids, dtype=str), counts.astype(np.int64), log_affinity, eligible)
 
 
 def site_probabilities(
     patients: Patients, shares: np.ndarray, skew: float, *, iterations: int = 1000
 ) -> np.ndarray:
     """``P(site | patient)`` with the per-site constants fitted so that the expected image
-    counts match ``shares`` (iterative proportional fitting, in log space)."""
-    logits = skew * patients.log_affinity
+    counts match ``shares`` (iterative proportional fitting, in log space). 0 where the patient
+    is not eligible; every patient must be eligible somewhere."""
+    logits = np.where(patients.eligible, skew * patients.log_affinity, -np.inf)
     weights = patients.images.astype(np.float64)
     target = shares / shares.sum()
     bias = np.log(target)
@@ -305,19 +200,36 @@ def assign_sites(
             f"{n_sites} sites (need at least {MIN_PATIENTS_PER_SITE * n_sites})"
         )
     shares = np.array([s.share for s in profile.sites])
+    if not patients.eligible.any(axis=1).all():
+        raise DataError("partition: some patients fit no site; leave them out first")
+    eligible_counts = patients.eligible.sum(axis=0)
+    short = [s.site for s, n in zip(profile.sites, eligible_counts) if n < MIN_PATIENTS_PER_SITE]
+    if short:
+        raise DataError(
+            f"partition: site(s) {', '.join(short)} of profile {profile.name}: fewer than "
+            f"{MIN_PATIENTS_PER_SITE} patients have none of the findings the site lacks"
+        )
     prob = site_probabilities(patients, shares, skew)
     u = rng.random(len(patients.ids))
+    # the first site whose cumulative probability reaches u (u < 1), never an ineligible one
     site = np.minimum((prob.cumsum(axis=1) < u[:, None]).sum(axis=1), n_sites - 1)
+    site = np.where(patients.eligible[np.arange(len(site)), site], site, prob.argmax(axis=1))
     log_prob = np.log(np.maximum(prob, 1e-300))
-    _rebalance(site, patients.images, shares, log_prob, tolerance)
-    _ensure_minimum(site, patients.images, log_prob, n_sites)
+    _rebalance(site, patients.images, shares, log_prob, patients.eligible, tolerance)
+    _ensure_minimum(site, patients.images, log_prob, patients.eligible)
     return site
 
 
 def _rebalance(
-    site: np.ndarray, images: np.ndarray, shares: np.ndarray, log_prob: np.ndarray, tol: float
+    site: np.ndarray,
+    images: np.ndarray,
+    shares: np.ndarray,
+    log_prob: np.ndarray,
+    eligible: np.ndarray,
+    tol: float,
 ) -> None:
-    """Move patients from over-full to under-full sites until all shares are within ``tol``."""
+    """Move patients from over-full to under-full sites until all shares are within ``tol``
+    (a patient only to a site it is eligible for)."""
     total = images.sum()
     target = shares / shares.sum() * total
     load = np.bincount(site, weights=images, minlength=len(shares))
@@ -327,7 +239,7 @@ def _rebalance(
         if max(excess[src], -excess[dst]) <= tol * total:
             return
         # Moving w images lowers the sum of squared excesses iff w < excess[src] - excess[dst].
-        movable = (site == src) & (images < excess[src] - excess[dst])
+        movable = (site == src) & eligible[:, dst] & (images < excess[src] - excess[dst])
         if np.count_nonzero(site == src) <= MIN_PATIENTS_PER_SITE or not movable.any():
             break
         fit = np.where(movable, log_prob[:, dst] - log_prob[:, src], -np.inf)
@@ -340,16 +252,28 @@ def _rebalance(
 
 
 def _ensure_minimum(
-    site: np.ndarray, images: np.ndarray, log_prob: np.ndarray, n_sites: int
+    site: np.ndarray, images: np.ndarray, log_prob: np.ndarray, eligible: np.ndarray
 ) -> None:
-    """Give every site :data:`MIN_PATIENTS_PER_SITE` patients, taken from the largest site."""
+    """Give every site :data:`MIN_PATIENTS_PER_SITE` patients, taken from the largest site (by
+    images) that can spare one eligible there."""
+    n_sites = eligible.shape[1]
     for dst in range(n_sites):
         while np.count_nonzero(site == dst) < MIN_PATIENTS_PER_SITE:
             counts = np.bincount(site, minlength=n_sites)
-            src = int(np.argmax(np.bincount(site, weights=images, minlength=n_sites)))
-            if counts[src] <= MIN_PATIENTS_PER_SITE:
-                src = int(np.argmax(counts))
-            fit = np.where(site == src, log_prob[:, dst] - log_prob[:, src], -np.inf)
+            load = np.bincount(site, weights=images, minlength=n_sites)
+            donors = [
+                s
+                for s in np.argsort(-load, kind="stable")
+                if s != dst
+                and counts[s] > MIN_PATIENTS_PER_SITE
+                and (eligible[site == s, dst]).any()
+            ]
+            if not donors:
+                raise DataError(f"partition: site {dst + 1} of the profile gets too few patients")
+            src = int(donors[0])
+            fit = np.where(
+                (site == src) & eligible[:, dst], log_prob[:, dst] - log_prob[:, src], -np.inf
+            )
             site[int(np.argmax(fit))] = dst
 
 
@@ -371,6 +295,8 @@ class Partition:
 
     ``images`` holds the pooled train_val rows (the loader's index columns) plus ``site``; its
     ``split`` is the site's local split. ``global_test`` holds the global test rows (split test).
+    ``unassigned`` holds the train_val rows of patients no site of the profile may hold (a
+    finding every eligible site lacks); they are in no site and counted in the summary.
     """
 
     profile: NetworkProfile
@@ -379,6 +305,7 @@ class Partition:
     local_test_fraction: float
     images: pd.DataFrame
     global_test: pd.DataFrame
+    unassigned: pd.DataFrame
 
 
 def build_partition(
@@ -413,6 +340,20 @@ def build_partition(
         raise DataError("partition: no train_val images to partition")
 
     patients = patient_affinities(pool, prof)
+    placeable = patients.eligible.any(axis=1)
+    unassigned = pool[pool["patient"].isin(set(patients.ids[~placeable]))]
+    if len(unassigned):
+        logger.warning(
+            "partition: %d patient(s) (%d image(s)) have findings no site of profile %s may "
+            "hold; they are in no site (partition.json: unassigned)",
+            int((~placeable).sum()),
+            len(unassigned),
+            prof.name,
+        )
+        pool = pool[~pool.index.isin(unassigned.index)].copy()
+        patients = patients.subset(placeable)
+    if pool.empty:
+        raise DataError(f"partition: no train_val patient fits a site of profile {prof.name}")
     site_of = assign_sites(patients, prof, skew, numpy_rng(seed, "partition", prof.name, "assign"))
     site_ids = np.array(prof.site_ids)
     pool["site"] = pd.Series(site_ids[site_of], index=patients.ids).reindex(pool["patient"]).values
@@ -422,8 +363,10 @@ def build_partition(
         rng = numpy_rng(seed, "partition", prof.name, "local-test", s)
         test_patients.update(local_test_patients(members, local_test_fraction, rng).tolist())
     pool["split"] = np.where(pool["patient"].isin(test_patients), "test", "train")
-    verify_partition(pool, global_test)
-    return Partition(prof, float(skew), int(seed), float(local_test_fraction), pool, global_test)
+    verify_partition(pool, global_test, prof)
+    return Partition(
+        prof, float(skew), int(seed), float(local_test_fraction), pool, global_test, unassigned
+    )
 
 
 def _carve_global_test(index: pd.DataFrame, seed: int) -> np.ndarray:
@@ -438,9 +381,12 @@ def _carve_global_test(index: pd.DataFrame, seed: int) -> np.ndarray:
     return index["patient"].isin(set(chosen)).to_numpy()
 
 
-def verify_partition(images: pd.DataFrame, global_test: pd.DataFrame) -> None:
-    """Refuse a partition where a patient is in two sites, in both train and test of a site, or
-    in a site and the global test set. Messages give counts, never ids."""
+def verify_partition(
+    images: pd.DataFrame, global_test: pd.DataFrame, profile: NetworkProfile | None = None
+) -> None:
+    """Refuse a partition where a patient is in two sites, in both train and test of a site, in
+    a site and the global test set, or (given the profile) at a site that lacks one of its
+    findings. Messages give counts, never ids."""
     sites_per_patient = images.groupby("patient")["site"].nunique()
     if (sites_per_patient > 1).any():
         n = int((sites_per_patient > 1).sum())
@@ -456,6 +402,13 @@ def verify_partition(images: pd.DataFrame, global_test: pd.DataFrame) -> None:
         raise DataError(
             f"partition: refusing: {len(shared)} patient(s) in a site and in the global test set"
         )
+    for site in profile.sites if profile is not None else ():
+        rows = images[images["site"] == site.site]
+        held = [n for n in sorted(site.absent) if (rows[n] == 1).any()]
+        if held:
+            raise DataError(
+                f"partition: refusing: site {site.site} holds {', '.join(held)}, which it lacks"
+            )
 
 
 # ---------------------------------------------------------------------------------- summary
@@ -525,8 +478,10 @@ def summarise(part: Partition) -> dict[str, Any]:
     train/test images and patients, prevalence (fraction of the site's *train* images positive,
     per label; NaN labels excluded), no_finding (fraction of train images with all 14 negative),
     positives (train/test counts per label), views, jsd (label distribution of all the site's
-    images vs the pooled one), over_represented, manifest. ``pooled`` (all partitioned images) and
-    ``global_test`` carry the same statistics (their prevalence is over all their images).
+    images vs the pooled one), over_represented, absent (the findings the profile's site never
+    holds), manifest. ``pooled`` (all partitioned images) and ``global_test`` carry the same
+    statistics (their prevalence is over all their images). ``unassigned``: patients, images and
+    positives per label of the train_val patients no site may hold (in no site, not in pooled).
     """
     pooled_dist = label_distribution(part.images[list(LABELS)].to_numpy(np.float64))
     pooled = _stats(part.images, pooled_dist, over_train=False)
@@ -550,6 +505,7 @@ def summarise(part: Partition) -> dict[str, Any]:
             "over_represented": [
                 {"label": n, "ratio": r} for n, r in over_represented(prev, ref, positives)
             ],
+            "absent": sorted(prof.absent, key=LABELS.index),
             "manifest": f"sites/{prof.site}/{prof.site}.yaml",
         }
     global_stats = _stats(part.global_test, pooled_dist, over_train=False)
@@ -568,6 +524,12 @@ def summarise(part: Partition) -> dict[str, Any]:
         "sites": sites,
         "pooled": pooled,
         "global_test": global_stats,
+        "unassigned": {
+            "patients": int(part.unassigned["patient"].nunique()),
+            "images": int(len(part.unassigned)),
+            "positives": {n: int((part.unassigned[n] == 1).sum()) for n in LABELS},
+            "why": "every site of the profile lacks at least one of their findings",
+        },
     }
 
 
@@ -580,6 +542,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         lines.append(
             f"{site:8}{s['description'][:29]:30}{s['images']:8d}{100 * s['share']:6.1f}%"
             f"{s['patients']:9d}{_fmt(s['jsd'])}  {top or '-'}"
+            + (f"; lacks {', '.join(s['absent'])}" if s.get("absent") else "")
         )
     for key, name, title in (
         ("pooled", "pooled", "all sites (train_val)"),
@@ -587,6 +550,12 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     ):
         s = summary[key]
         lines.append(f"{name:8}{title:30}{s['images']:8d}{'':7}{s['patients']:9d}{_fmt(s['jsd'])}")
+    left = summary.get("unassigned", {})
+    if left.get("patients"):
+        lines.append(
+            f"{'-':8}{'unassigned: no site may hold':30}{left['images']:8d}{'':7}"
+            f"{left['patients']:9d}"
+        )
     return "\n".join(lines)
 
 

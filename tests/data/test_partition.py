@@ -281,7 +281,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
 
 def test_committed_manifests_match_the_network_and_the_world_layout(tmp_path, monkeypatch):
     monkeypatch.setenv("HOSPITALNET_WORLD", str(tmp_path))
-    assert list(PROFILES) == ["default"]
+    assert list(PROFILES) == ["default", "strong"]
     for site in SITES:
         manifest, root = load_manifest(REPO / "sites" / f"{site}.yaml")
         assert manifest.site == site
