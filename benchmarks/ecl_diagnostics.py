@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         base = with_overrides(base, world={"seed": args.world_seed})
     seeds = [0] if args.smoke else list(range(args.seeds))
     worlds = Worlds(progress=False)
+    out = output_path(args.out, "ecl_diagnostics.json", smoke=args.smoke)
     rows: dict[int, dict[str, dict[str, Any]]] = {}
     t0 = time.perf_counter()
     for seed in seeds:
@@ -193,21 +194,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed} {v:16s} mean {r['mean_site']:.4f} worst {r['worst_site']:.4f} "
                   f"avg {r['averaged']:.4f} brier {r['brier']:.5f} "
                   f"dist {r['consensus_distance']:.2e} ({r['wall_s']:.0f} s)", flush=True)  # fmt: skip
-    summary = summarise(rows, variants)
-    out = output_path(args.out, "ecl_diagnostics.json", smoke=args.smoke)
-    result = {
-        "machine": machine(),
-        "command": command(),
-        "config": config,
-        "world_seed": args.world_seed,
-        "seeds": seeds,
-        "torch_threads": 1,
-        "wall_s": time.perf_counter() - t0,
-        **summary,
-        "runs": {str(s): rows[s] for s in seeds},
-    }
-    save(result, out)
-    plot(rows, variants, out.with_suffix(".png"))
+        # saved after every seed: a long run interrupted keeps its complete seeds
+        summary = summarise(rows, variants)
+        result = {
+            "machine": machine(),
+            "command": command(),
+            "config": config,
+            "world_seed": args.world_seed,
+            "seeds": sorted(rows),
+            "complete": len(rows) == len(seeds),
+            "torch_threads": 1,
+            "wall_s": time.perf_counter() - t0,
+            **summary,
+            "runs": {str(s): rows[s] for s in sorted(rows)},
+        }
+        save(result, out)
+        plot(rows, variants, out.with_suffix(".png"))
     for k, v in summary["paired"].items():
         ms = v["mean_site"]
         lo = "" if ms["low"] is None else f" [{ms['low']:+.4f}, {ms['high']:+.4f}]"
