@@ -58,10 +58,15 @@ def reliability_diagram(ev: Evaluation, sites: Sequence[str] | None = None) -> b
     fig = figure(2.9 * ncols + 0.6, 3.9 * nrows + 0.8)
     grid = fig.add_gridspec(2 * nrows, ncols, height_ratios=[3, 1] * nrows)
     edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
+    share_axes: list = []
+    legend: dict = {}
     for i, method in enumerate(methods):
         row, col = divmod(i, ncols)
         ax = fig.add_subplot(grid[2 * row, col])
-        share_ax = fig.add_subplot(grid[2 * row + 1, col], sharex=ax)
+        share_ax = fig.add_subplot(
+            grid[2 * row + 1, col], sharex=ax, sharey=share_axes[0] if share_axes else None
+        )
+        share_axes.append(share_ax)
         ax.plot([0, 1], [0, 1], color=GRID, linewidth=1.2, label="perfectly calibrated")
         drawn = [(method, "-")]
         if ref is not None and method != REFERENCE:
@@ -88,12 +93,21 @@ def reliability_diagram(ev: Evaluation, sites: Sequence[str] | None = None) -> b
         style(
             ax, method_name(method).split(" (")[0], None, "observed frequency" if not col else None
         )
-        ax.legend(frameon=False, fontsize=7.5, loc="upper left")
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
         ax.tick_params(labelbottom=False)
         share_ax.set_yscale("log")
         style(share_ax, None, "predicted probability", "share" if not col else None)
     where = "shared global test set" if GLOBAL in ev.run.testsets else "own test patients"
     fig.suptitle(
         f"Reliability ({ECE_BINS} equal-width bins, all findings, {where})", fontsize=12, color=INK
+    )
+    fig.legend(
+        list(legend.values()),
+        list(legend),
+        loc="outside lower center",
+        ncol=min(len(legend), 4),
+        frameon=False,
+        fontsize=9,
     )
     return to_png(fig)
