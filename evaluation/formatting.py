@@ -128,9 +128,11 @@ def score_gap_cell(entry: dict[str, Any] | None) -> dict[str, str]:
     if not entry or not finite(entry.get("gap_to_pooled")):
         return cell(NA, "undefined: no pooled reference for this test set", "na")
     v = float(entry["gap_to_pooled"])
-    ci = fmt_ci(entry.get("gap_ci_low"), entry.get("gap_ci_high"))
+    low, high = entry.get("gap_ci_low"), entry.get("gap_ci_high")
+    text = fmt_gap(v)
     title = "score minus pooled's on the same test patients (above 0: worse calibrated)"
-    if ci:
-        title += f"; 95% CI {ci} (paired bootstrap over patients)"
+    if finite(low) and finite(high):
+        text += f" ({fmt_gap(low)} to {fmt_gap(high)})"
+        title += "; in brackets its 95% CI, paired bootstrap over patients"
     cls = "neg" if v > 0.0005 else ("pos" if v < -0.0005 else "")
-    return cell(fmt_gap(v), title, cls)
+    return cell(text, title, cls)

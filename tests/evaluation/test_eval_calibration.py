@@ -21,6 +21,7 @@ from evaluation.calibration import (
     resampled_scores,
 )
 from evaluation.compute import CALIBRATION_COLUMNS, METRIC_COLUMNS, evaluate_run
+from evaluation.formatting import fmt_gap
 from evaluation.metrics import (
     PatientBootstrap,
     evaluate_testset,
@@ -304,14 +305,17 @@ def test_report_shows_the_calibration_section(rendered):
         for name in METRICS:
             assert f"{c[name]['mean_site']:.3f}" in table
     gap = summary["methods"]["ecl"]["calibration"]["brier"]
-    assert f"{gap['gap_ci_low']:.3f}\u2013{gap['gap_ci_high']:.3f}" in table  # paired CI on hover
+    gap_text = f"{fmt_gap(gap['gap_to_pooled'])} ({fmt_gap(gap['gap_ci_low'])} to "
+    gap_text += f"{fmt_gap(gap['gap_ci_high'])})"
+    assert gap_text in table  # with its paired interval
     assert section.count("<img ") == 1
     assert "equal-width bins" in section and "Brier score per hospital" in section
     md = rendered.network.markdown.read_text(encoding="utf-8")
     assert "## 4. AUROC per finding" in md and "## 5. Calibration (shared global test set)" in md
     assert md.index("## 5. Calibration") < md.index("## 6. Data") < md.index("## 8. Run")
-    row = next(ln for ln in md.splitlines() if ln.startswith("| ECL (edge-consensus) |"))
-    assert "reference" not in row
+    md_section = md[md.index("## 5. Calibration") : md.index("## 6. Data")]
+    row = next(ln for ln in md_section.splitlines() if ln.startswith("| ECL (edge-consensus) |"))
+    assert "reference" not in row and gap_text.replace("\u2212", "-") in row
     site_html = rendered.site.html.read_text(encoding="utf-8")
     site_section = site_html[site_html.index('<section id="calibration"') :]
     n3 = summary["methods"]["ecl"]["per_site"]["n3"]["global"]["calibration"]["brier"]
