@@ -13,6 +13,7 @@ from evaluation.calibration import ECE_BINS, METRIC_NAMES, METRICS
 from evaluation.compute import REFERENCE, Evaluation
 from evaluation.formatting import MINUS, cell, score_cell, score_gap_cell
 from evaluation.rundata import GLOBAL
+from hospitalnet.labels import LABELS
 
 
 def _gap(entry: dict[str, Any] | None, reference: bool) -> dict[str, str]:
@@ -81,8 +82,40 @@ def _site_tables(ev: Evaluation) -> list[dict[str, Any]]:
                 if ev.reference and m != REFERENCE:
                     cells.append(score_gap_cell(per["calibration"][name]))
             rows.append({"site": site, "cells": cells})
-        tables.append({"name": METRIC_NAMES[name], "heads": heads, "rows": rows})
+        tables.append(
+            {
+                "name": f"{METRIC_NAMES[name]} per hospital",
+                "first": "Hospital",
+                "heads": heads,
+                "rows": rows,
+            }
+        )
     return tables
+
+
+def _finding_table(ev: Evaluation) -> dict[str, Any] | None:
+    """Finding x method: mean over hospitals of the Brier score's gap to pooled (and the score)."""
+    if not ev.reference:
+        return None
+    m = ev.metrics
+    headline = [t == ev.headline_testset(s) for s, t in zip(m["site"], m["testset"])]
+    means = m[headline].groupby(["method", "label"])[["brier", "brier_gap_to_pooled"]].mean()
+    methods = [x for x in plots.order_methods(ev.methods) if x != REFERENCE]
+    rows = []
+    for label in LABELS:
+        ref = means.loc[(REFERENCE, label), "brier"]
+        cells = [score_cell({"value": ref})]
+        for method in methods:
+            gap = means.loc[(method, label), "brier_gap_to_pooled"]
+            cells.append(score_gap_cell({"gap_to_pooled": gap}))
+        rows.append({"site": label.replace("_", " "), "cells": cells})
+    heads = ["Pooled"] + [plots.method_name(x).split(" (")[0] + " gap" for x in methods]
+    return {
+        "name": "Brier score per finding (mean over hospitals)",
+        "first": "Finding",
+        "heads": heads,
+        "rows": rows,
+    }
 
 
 def calibration_context(ev: Evaluation, site: str | None = None) -> dict[str, Any]:
@@ -95,7 +128,9 @@ def calibration_context(ev: Evaluation, site: str | None = None) -> dict[str, An
         "ece_bins": ECE_BINS,
         "heads": _heads(ev.reference is not None),
         "rows": _method_rows(ev, site),
-        "site_tables": _site_tables(ev) if site is None else [],
+        "site_tables": _site_tables(ev) + [t for t in [_finding_table(ev)] if t]
+        if site is None
+        else [],
         "fig": None
         if png is None
         else {"src": plots.data_uri(png), "alt": "reliability diagrams", "caption": ""},
@@ -118,9 +153,9 @@ def calibration_markdown(cal: dict[str, Any], network: bool) -> dict[str, Any]:
         },
         "site_tables": [
             {
-                "title": f"{t['name']} per hospital",
+                "title": t["name"],
                 "table": {
-                    "head": ["Hospital", *t["heads"]],
+                    "head": [t["first"], *t["heads"]],
                     "rows": [[r["site"], *(_text(c) for c in r["cells"])] for r in t["rows"]],
                 },
             }
