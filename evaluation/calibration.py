@@ -29,10 +29,11 @@ resample is one matrix product of its patient counts with those sums.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from evaluation.metrics import PatientBootstrap, nanmean_columns
+from evaluation.metrics import PatientBootstrap, nanmean_columns, percentile_interval
 
 METRICS = ("brier", "log_loss", "ece")
 METRIC_NAMES = {"brier": "Brier score", "log_loss": "log loss", "ece": "ECE"}
@@ -191,3 +192,70 @@ def evaluate_calibration(
         if n_resamples:
             macro_boot = np.stack([nanmean_columns(boot[m][defined]) for m in range(len(METRICS))])
     return Calibration(point, macro, boot, macro_boot, n_known, reliability)
+
+
+# --- rows of metrics.csv -------------------------------------------------------------------------
+
+
+def _percentiles(values: np.ndarray) -> tuple[float, float]:
+    return percentile_interval(values) if values.size else (float("nan"), float("nan"))
+
+
+def _columns(
+    point: np.ndarray, boot: np.ndarray, ref_point: np.ndarray | None, ref_boot: np.ndarray | None
+) -> dict[str, float]:
+    """The columns of one label (or the macro): ``point`` [M], ``boot`` [M, B]; gaps only with a
+    reference (NaN otherwise), their interval from the per-resample differences (paired)."""
+    out: dict[str, float] = {}
+    for i, name in enumerate(METRICS):
+        low, high = _percentiles(boot[i])
+        gap = gap_low = gap_high = float("nan")
+        if ref_point is not None and ref_boot is not None:
+            gap = float(point[i] - ref_point[i])
+            gap_low, gap_high = _percentiles(boot[i] - ref_boot[i])  # paired: same resamples
+        out |= {
+            name: float(point[i]),
+            f"{name}_ci_low": low,
+            f"{name}_ci_high": high,
+            f"{name}_gap_to_pooled": gap,
+            f"{name}_gap_ci_low": gap_low,
+            f"{name}_gap_ci_high": gap_high,
+        }
+    return out
+
+
+def add_calibration_columns(
+    metric_rows: list[dict[str, Any]],
+    macro_rows: list[dict[str, Any]],
+    calibration: dict[tuple[str, str, str], Calibration],
+    reference: str,
+) -> None:
+    """Add each score, its CI, its gap to ``reference`` and the gap's paired CI to the rows.
+
+    ``macro_rows`` has one row per (method, site, test set) and ``metric_rows`` one per label
+    after it in the same order; run once the reference's resamples are known (it may come last).
+    """
+    by_label = iter(metric_rows)
+    for row in macro_rows:
+        method, site, testset = row["method"], row["site"], row["testset"]
+        cal = calibration[(method, site, testset)]
+        ref = calibration.get((reference, site, testset))
+        row |= _columns(
+            cal.macro,
+            cal.macro_boot,
+            None if ref is None else ref.macro,
+            None if ref is None else ref.macro_boot,
+        )
+        for j in range(cal.point.shape[1]):
+            label_row = next(by_label)
+            assert (label_row["method"], label_row["site"], label_row["testset"]) == (
+                method,
+                site,
+                testset,
+            )
+            label_row |= _columns(
+                cal.point[:, j],
+                cal.boot[:, j],
+                None if ref is None else ref.point[:, j],
+                None if ref is None else ref.boot[:, j],
+            )

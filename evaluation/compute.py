@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from evaluation.calibration import ECE_BINS, METRICS, Calibration, evaluate_calibration
+from evaluation.calibration import (
+    ECE_BINS,
+    METRICS,
+    Calibration,
+    add_calibration_columns,
+    evaluate_calibration,
+)
 from evaluation.metrics import (
     CI_LEVEL,
     DEFAULT_RESAMPLES,
@@ -190,7 +196,7 @@ def evaluate_run(
                             "n_excluded": n_excluded,
                         }
                     )
-    _add_calibration(metric_rows, macro_rows, calibration)
+    add_calibration_columns(metric_rows, macro_rows, calibration, REFERENCE)
     metrics = _with_gap(
         pd.DataFrame(metric_rows, columns=AUROC_COLUMNS[:-1] + CALIBRATION_COLUMNS),
         "auroc",
@@ -237,60 +243,6 @@ def _evaluate_cached(
 
 def _interval(values: np.ndarray) -> tuple[float, float]:
     return percentile_interval(values, CI_LEVEL) if values.size else (np.nan, np.nan)
-
-
-def _calibration_fields(
-    point: np.ndarray, boot: np.ndarray, ref_point: np.ndarray | None, ref_boot: np.ndarray | None
-) -> dict[str, float]:
-    """CALIBRATION_COLUMNS of one label (or the macro): ``point`` [M], ``boot`` [M, B]."""
-    out: dict[str, float] = {}
-    for i, name in enumerate(METRICS):
-        low, high = _interval(boot[i])
-        gap = gap_low = gap_high = float("nan")
-        if ref_point is not None and ref_boot is not None:
-            gap = float(point[i] - ref_point[i])
-            gap_low, gap_high = _interval(boot[i] - ref_boot[i])  # paired: same resamples
-        out |= {
-            name: float(point[i]),
-            f"{name}_ci_low": low,
-            f"{name}_ci_high": high,
-            f"{name}_gap_to_pooled": gap,
-            f"{name}_gap_ci_low": gap_low,
-            f"{name}_gap_ci_high": gap_high,
-        }
-    return out
-
-
-def _add_calibration(
-    metric_rows: list[dict[str, Any]],
-    macro_rows: list[dict[str, Any]],
-    calibration: dict[tuple[str, str, str], Calibration],
-) -> None:
-    """Fill the calibration columns once pooled's resamples are known (it may come last)."""
-    by_label = iter(metric_rows)
-    for row in macro_rows:
-        method, site, testset = row["method"], row["site"], row["testset"]
-        cal = calibration[(method, site, testset)]
-        ref = calibration.get((REFERENCE, site, testset))
-        row |= _calibration_fields(
-            cal.macro,
-            cal.macro_boot,
-            None if ref is None else ref.macro,
-            None if ref is None else ref.macro_boot,
-        )
-        for j in range(cal.point.shape[1]):
-            label_row = next(by_label)
-            assert (label_row["method"], label_row["site"], label_row["testset"]) == (
-                method,
-                site,
-                testset,
-            )
-            label_row |= _calibration_fields(
-                cal.point[:, j],
-                cal.boot[:, j],
-                None if ref is None else ref.point[:, j],
-                None if ref is None else ref.boot[:, j],
-            )
 
 
 def _with_gap(df: pd.DataFrame, value: str, label: str | None) -> pd.DataFrame:
