@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     path = save(result, output_path(args.out, "calibration.json", smoke=False))
     print(
-        f"{'method':<8} {'AUROC':>6} " + " ".join(f"{n:>9} {'gap [95% CI]':>24}" for n in METRICS)
+        f"{'method':<8} {'AUROC':>6} " + " ".join(f"{n:>9} {'gap [95% CI]':>25}" for n in METRICS)
     )
     for r in runs:
         print(
