@@ -2,12 +2,15 @@
 
 For every method, every evaluated site model and every test set it is scored on (the shared
 ``global`` set and the site's own ``local_<site>`` set): AUROC per label with n / positives /
-negatives, a patient-bootstrap 95% CI, the unreliable flag and the gap to pooled; the macro AUROC
-per model and test set; and the macro AUROC at every stored evaluation point (learning curves).
+negatives, a patient-bootstrap 95% CI, the unreliable flag and the gap to pooled; the calibration
+of the same predictions (Brier score, log loss, ECE: :mod:`evaluation.calibration`) with CIs, the
+gap to pooled and its CI; the macro values per model and test set; and the macro AUROC at every
+stored evaluation point (learning curves).
 
-The bootstrap generator of a test set is derived from the run seed and the test set's name only, so
-every method and site is resampled with the same patients (paired comparison) and the same run
-always gives the same intervals.
+The patient resamples of a test set are drawn once (:class:`~evaluation.metrics.PatientBootstrap`)
+from a generator derived from the run seed and the test set's name only, and shared by every
+method, site and metric: comparisons are paired (a gap's interval is the interval of the gap on
+each resample, not two intervals side by side) and the same run always gives the same intervals.
 """
 
 from __future__ import annotations
@@ -17,19 +20,29 @@ import io
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from evaluation.calibration import (
+    ECE_BINS,
+    METRICS,
+    Calibration,
+    add_calibration_columns,
+    evaluate_calibration,
+)
 from evaluation.metrics import (
     CI_LEVEL,
     DEFAULT_RESAMPLES,
     MIN_POSITIVES,
+    PatientBootstrap,
     TestsetResult,
     evaluate_testset,
     macro_of_predictions,
+    nanmean_columns,
+    percentile_interval,
 )
 from evaluation.rundata import GLOBAL, RunData, local_testset
 from hospitalnet.errors import DataError
@@ -40,7 +53,13 @@ from hospitalnet.seeding import numpy_rng
 log = logging.getLogger(__name__)
 
 REFERENCE = "pooled"
-METRIC_COLUMNS = [
+# per calibration metric: value, CI, gap to pooled (method - pooled) and the gap's paired CI
+CALIBRATION_COLUMNS = [
+    f"{m}{suffix}"
+    for m in METRICS
+    for suffix in ("", "_ci_low", "_ci_high", "_gap_to_pooled", "_gap_ci_low", "_gap_ci_high")
+]
+AUROC_COLUMNS = [
     "method",
     "site",
     "testset",
@@ -54,7 +73,8 @@ METRIC_COLUMNS = [
     "unreliable",
     "gap_to_pooled",
 ]
-MACRO_COLUMNS = [
+METRIC_COLUMNS = AUROC_COLUMNS + CALIBRATION_COLUMNS
+MACRO_AUROC_COLUMNS = [
     "method",
     "site",
     "testset",
@@ -65,6 +85,8 @@ MACRO_COLUMNS = [
     "n_excluded",
     "gap_to_pooled",
 ]
+# calibration macros average the labels with at least one known case (n_calibrated of them)
+MACRO_COLUMNS = MACRO_AUROC_COLUMNS + ["n_calibrated"] + CALIBRATION_COLUMNS
 CURVE_COLUMNS = [
     "method",
     "site",
@@ -89,6 +111,8 @@ class Evaluation:
     curves: pd.DataFrame  # CURVE_COLUMNS, one row per method x site x test set x eval point
     summary: dict[str, Any]
     n_resamples: int
+    # (method, site, test set) -> calibration with its per-resample values (paired gaps, diagram)
+    calibration: dict[tuple[str, str, str], Calibration] = field(default_factory=dict)
 
     @property
     def methods(self) -> list[str]:
@@ -114,7 +138,9 @@ def evaluate_run(
     metric_rows: list[dict[str, Any]] = []
     macro_rows: list[dict[str, Any]] = []
     curve_rows: list[dict[str, Any]] = []
-    cache: dict[tuple[str, str], TestsetResult] = {}
+    cache: dict[tuple[str, str], tuple[TestsetResult, Calibration]] = {}
+    bootstraps: dict[str, PatientBootstrap | None] = {}
+    calibration: dict[tuple[str, str, str], Calibration] = {}
     for method in run.methods:
         log.info("evaluating %s", method)
         predictions = run.predictions(method)
@@ -122,7 +148,10 @@ def evaluate_run(
         for site in chosen:
             for testset in run.testsets_for(site):
                 probs = predictions.final(site, testset)
-                result = _evaluate_cached(run, testset, probs, n_resamples, cache)
+                if testset not in bootstraps:
+                    bootstraps[testset] = _bootstrap(run, testset, n_resamples)
+                result, cal = _evaluate_cached(run, testset, probs, bootstraps[testset], cache)
+                calibration[(method, site, testset)] = cal
                 base = {"method": method, "site": site, "testset": testset}
                 for r in result.labels:
                     metric_rows.append(
@@ -147,6 +176,7 @@ def evaluate_run(
                         "ci_high": m.ci_high,
                         "n_defined": m.n_defined,
                         "n_excluded": m.n_excluded,
+                        "n_calibrated": cal.n_defined,
                     }
                 )
                 testset_labels = run.testsets[testset].labels
@@ -166,34 +196,53 @@ def evaluate_run(
                             "n_excluded": n_excluded,
                         }
                     )
-    metrics = _with_gap(pd.DataFrame(metric_rows, columns=METRIC_COLUMNS[:-1]), "auroc", "label")
-    macros = _with_gap(pd.DataFrame(macro_rows, columns=MACRO_COLUMNS[:-1]), "macro_auroc", None)
+    add_calibration_columns(metric_rows, macro_rows, calibration, REFERENCE)
+    metrics = _with_gap(
+        pd.DataFrame(metric_rows, columns=AUROC_COLUMNS[:-1] + CALIBRATION_COLUMNS),
+        "auroc",
+        "label",
+    )[METRIC_COLUMNS]
+    macros = _with_gap(
+        pd.DataFrame(
+            macro_rows, columns=MACRO_AUROC_COLUMNS[:-1] + ["n_calibrated"] + CALIBRATION_COLUMNS
+        ),
+        "macro_auroc",
+        None,
+    )[MACRO_COLUMNS]
     curves = pd.DataFrame(curve_rows, columns=CURVE_COLUMNS)
-    evaluation = Evaluation(run, chosen, metrics, macros, curves, {}, n_resamples)
+    evaluation = Evaluation(run, chosen, metrics, macros, curves, {}, n_resamples, calibration)
     evaluation.summary = build_summary(evaluation)
     return evaluation
+
+
+def _bootstrap(run: RunData, testset: str, n_resamples: int) -> PatientBootstrap | None:
+    """The test set's patient resamples, shared by every method, site and metric."""
+    if n_resamples <= 0:
+        return None
+    rng = numpy_rng(run.seed, "evaluation", "bootstrap", testset)
+    return PatientBootstrap.draw(run.testsets[testset].patients, n_resamples, rng)
 
 
 def _evaluate_cached(
     run: RunData,
     testset: str,
     probs: np.ndarray,
-    n_resamples: int,
-    cache: dict[tuple[str, str], TestsetResult],
-) -> TestsetResult:
+    bootstrap: PatientBootstrap | None,
+    cache: dict[tuple[str, str], tuple[TestsetResult, Calibration]],
+) -> tuple[TestsetResult, Calibration]:
     """Pooled and fedavg store one model under every site: score identical predictions once."""
     digest = hashlib.sha256(np.ascontiguousarray(probs).tobytes()).hexdigest()
     if (testset, digest) not in cache:
         data = run.testsets[testset]
-        cache[(testset, digest)] = evaluate_testset(
-            data.labels,
-            probs,
-            data.patients,
-            LABELS,
-            numpy_rng(run.seed, "evaluation", "bootstrap", testset),
-            n_resamples,
+        result = evaluate_testset(
+            data.labels, probs, data.patients, LABELS, None, bootstrap=bootstrap
         )
+        cache[(testset, digest)] = (result, evaluate_calibration(data.labels, probs, bootstrap))
     return cache[(testset, digest)]
+
+
+def _interval(values: np.ndarray) -> tuple[float, float]:
+    return percentile_interval(values, CI_LEVEL) if values.size else (np.nan, np.nan)
 
 
 def _with_gap(df: pd.DataFrame, value: str, label: str | None) -> pd.DataFrame:
@@ -241,6 +290,7 @@ def build_summary(ev: Evaluation) -> dict[str, Any]:
                     "n_defined": int(row["n_defined"]),
                     "n_excluded": int(row["n_excluded"]),
                     "gap_to_pooled": _num(row["gap_to_pooled"]),
+                    "calibration": _site_calibration(row),
                 }
             head = per_site[site][ev.headline_testset(site)]
             if head["macro_auroc"] is not None:
@@ -258,6 +308,7 @@ def build_summary(ev: Evaluation) -> dict[str, Any]:
             "gap_to_pooled": _mean(gaps) if ev.reference else None,
             "mean_site_local_macro_auroc": _mean(local),
             "wall_seconds": _num(per_method_wall.get(method)),
+            "calibration": _method_calibration(ev, method),
             "per_site": per_site,
             "curve": _summary_curve(ev, method),
         }
@@ -269,9 +320,62 @@ def build_summary(ev: Evaluation) -> dict[str, Any]:
         "reference": ev.reference,
         "bootstrap": {"resamples": ev.n_resamples, "level": CI_LEVEL, "unit": "patient"},
         "min_positives": MIN_POSITIVES,
+        "calibration": {
+            "metrics": list(METRICS),
+            "ece_bins": ECE_BINS,
+            "ece_binning": "equal-width on [0, 1], right-closed as sklearn calibration_curve",
+            "macro": "mean over the labels with at least one known case",
+            "lower_is_better": True,
+        },
         "wall_seconds_total": _num(ev.run.info.wall_seconds.total),
         "methods": methods,
     }
+
+
+def _site_calibration(row: pd.Series) -> dict[str, Any]:
+    """One model's macro calibration on one test set, JSON-ready."""
+    out: dict[str, Any] = {"n_labels": int(row["n_calibrated"])}
+    for name in METRICS:
+        out[name] = {
+            "value": _num(row[name]),
+            "ci_low": _num(row[f"{name}_ci_low"]),
+            "ci_high": _num(row[f"{name}_ci_high"]),
+            "gap_to_pooled": _num(row[f"{name}_gap_to_pooled"]),
+            "gap_ci_low": _num(row[f"{name}_gap_ci_low"]),
+            "gap_ci_high": _num(row[f"{name}_gap_ci_high"]),
+        }
+    return out
+
+
+def _method_calibration(ev: Evaluation, method: str) -> dict[str, Any]:
+    """Per calibration metric on the headline test set: mean and worst (highest) hospital, and
+    the mean gap to pooled with its interval from the paired resamples (mean over hospitals of
+    each resample's gap)."""
+    out: dict[str, Any] = {}
+    keys = [(method, site, ev.headline_testset(site)) for site in ev.sites]
+    cals = [ev.calibration[k] for k in keys]
+    refs = [ev.calibration.get((REFERENCE, site, t)) for _, site, t in keys]
+    for i, name in enumerate(METRICS):
+        values = {site: float(c.macro[i]) for site, c in zip(ev.sites, cals)}
+        values = {site: v for site, v in values.items() if not math.isnan(v)}
+        worst = max(values, key=values.__getitem__) if values else None
+        gap = gap_low = gap_high = None
+        if ev.reference and values:
+            gaps = [c.macro[i] - r.macro[i] for c, r in zip(cals, refs) if r is not None]
+            gap = _mean(gaps)
+            boots = [c.macro_boot[i] - r.macro_boot[i] for c, r in zip(cals, refs) if r is not None]
+            if boots and boots[0].size:
+                low, high = _interval(nanmean_columns(np.stack(boots)))
+                gap_low, gap_high = _num(low), _num(high)
+        out[name] = {
+            "mean_site": _mean(list(values.values())),
+            "worst_site_value": values[worst] if worst else None,
+            "worst_site": worst,
+            "gap_to_pooled": gap,
+            "gap_ci_low": gap_low,
+            "gap_ci_high": gap_high,
+        }
+    return out
 
 
 def _summary_curve(ev: Evaluation, method: str) -> list[dict[str, Any]]:

@@ -112,3 +112,27 @@ def gap_cell(v: Any, what: str = "") -> dict[str, str]:
         return cell(NA, "undefined: AUROC undefined for this model or for pooled", "na")
     cls = "neg" if v < -0.0005 else ("pos" if v > 0.0005 else "")
     return cell(fmt_gap(v), what or "AUROC minus pooled AUROC on the same test set", cls)
+
+
+def score_cell(entry: dict[str, Any] | None, with_ci: bool = False) -> dict[str, str]:
+    """A calibration score (lower is better) with its interval on hover (or shown)."""
+    if not entry or not finite(entry.get("value")):
+        return cell(NA, "undefined: no finding has a known label", "na")
+    ci = fmt_ci(entry.get("ci_low"), entry.get("ci_high"))
+    text = fmt_auroc(entry["value"]) + (f" ({ci})" if with_ci and ci else "")
+    return cell(text, f"95% CI {ci}" if ci else "")
+
+
+def score_gap_cell(entry: dict[str, Any] | None) -> dict[str, str]:
+    """A calibration score minus pooled's: above 0 is worse (red), with its paired interval."""
+    if not entry or not finite(entry.get("gap_to_pooled")):
+        return cell(NA, "undefined: no pooled reference for this test set", "na")
+    v = float(entry["gap_to_pooled"])
+    low, high = entry.get("gap_ci_low"), entry.get("gap_ci_high")
+    text = fmt_gap(v)
+    title = "score minus pooled's on the same test patients (above 0: worse calibrated)"
+    if finite(low) and finite(high):
+        text += f" ({fmt_gap(low)} to {fmt_gap(high)})"
+        title += "; in brackets its 95% CI, paired bootstrap over patients"
+    cls = "neg" if v > 0.0005 else ("pos" if v < -0.0005 else "")
+    return cell(text, title, cls)

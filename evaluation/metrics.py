@@ -202,6 +202,43 @@ def patient_bootstrap_weights(
     return counts[:, image_patient]
 
 
+@dataclass(frozen=True)
+class PatientBootstrap:
+    """One test set's patient resamples, drawn once and shared by every metric and model.
+
+    AUROC and calibration of every method and site on a test set read the same ``counts``, so
+    their intervals, and the gap of any method to pooled, are paired resample by resample.
+    ``counts`` [B, P]: how often each distinct patient was drawn in resample b; ``image_patient``
+    [N]: each image's patient column.
+    """
+
+    counts: np.ndarray
+    image_patient: np.ndarray
+
+    @classmethod
+    def draw(
+        cls, patients: np.ndarray, n_resamples: int, rng: np.random.Generator
+    ) -> PatientBootstrap:
+        """``n_resamples`` resamples from ``rng``, drawn in blocks of ``_CHUNK`` (the blocks make
+        the draws identical to those AUROC intervals have always used)."""
+        codes, image_patient = np.unique(np.asarray(patients), return_inverse=True)
+        blocks = [np.zeros((0, codes.size), dtype=np.int32)]
+        for start in range(0, max(n_resamples, 0), _CHUNK):
+            block, _ = patient_bootstrap_counts(patients, min(_CHUNK, n_resamples - start), rng)
+            blocks.append(block.astype(np.int32))
+        counts = np.concatenate(blocks)
+        return cls(counts, image_patient.ravel())
+
+    @property
+    def n_resamples(self) -> int:
+        return int(self.counts.shape[0])
+
+    def blocks(self):
+        """(start, counts of resamples start..start + _CHUNK): bounds the AUROC's memory."""
+        for start in range(0, self.n_resamples, _CHUNK):
+            yield start, self.counts[start : start + _CHUNK]
+
+
 def percentile_interval(values: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
     """Percentile interval over the defined bootstrap values (NaN if too few are defined)."""
     v = np.asarray(values, dtype=np.float64)
@@ -230,13 +267,14 @@ def evaluate_testset(
     rng: np.random.Generator | None,
     n_resamples: int = DEFAULT_RESAMPLES,
     level: float = CI_LEVEL,
+    bootstrap: PatientBootstrap | None = None,
 ) -> TestsetResult:
     """AUROC per label with patient-bootstrap CIs, and the macro AUROC with its CI.
 
     ``labels`` [N, L] (1/0/NaN), ``probs`` [N, L], ``patients`` [N] pseudonymous codes.
-    ``rng`` None (or ``n_resamples`` 0) skips the bootstrap: every CI is NaN. The macro CI takes,
-    in each resample, the mean over the labels defined on the full test set that are also defined
-    in that resample.
+    ``bootstrap`` (the test set's shared resamples) wins over ``rng``; else ``rng`` None (or
+    ``n_resamples`` 0) skips the bootstrap: every CI is NaN. The macro CI takes, in each resample,
+    the mean over the labels defined on the full test set that are also defined in that resample.
     """
     labels = np.asarray(labels, dtype=np.float64)
     probs = np.asarray(probs, dtype=np.float64)
@@ -246,20 +284,24 @@ def evaluate_testset(
             f"shapes differ: labels {labels.shape}, probs {probs.shape}, "
             f"patients {len(patients)}, names {len(label_names)}"
         )
+    if bootstrap is None and rng is not None and n_resamples > 0:
+        bootstrap = PatientBootstrap.draw(patients, n_resamples, rng)
+    if bootstrap is not None and bootstrap.image_patient.shape != (n_images,):
+        raise ValueError(
+            f"bootstrap drawn for {bootstrap.image_patient.size} images, not {n_images}"
+        )
     counts = [label_counts(labels[:, j]) for j in range(n_labels)]
     points = point_aurocs(labels, probs, counts)
-    boot = np.full((n_labels, max(n_resamples, 0)), np.nan)
-    if rng is not None and n_resamples > 0:
-        for start in range(0, n_resamples, _CHUNK):
-            stop = min(start + _CHUNK, n_resamples)
-            draws, image_patient = patient_bootstrap_counts(patients, stop - start, rng)
-            for j in range(n_labels):
-                if not counts[j].defined:
-                    continue
-                known = ~np.isnan(labels[:, j])
-                boot[j, start:stop] = _auroc_from_counts(
-                    labels[known, j], probs[known, j], image_patient[known], draws
-                )
+    boot = np.full((n_labels, bootstrap.n_resamples if bootstrap else 0), np.nan)
+    for start, draws in bootstrap.blocks() if bootstrap else ():
+        stop = start + draws.shape[0]
+        for j in range(n_labels):
+            if not counts[j].defined:
+                continue
+            known = ~np.isnan(labels[:, j])
+            boot[j, start:stop] = _auroc_from_counts(
+                labels[known, j], probs[known, j], bootstrap.image_patient[known], draws
+            )
     results = []
     for j in range(n_labels):
         low, high = percentile_interval(boot[j], level) if counts[j].defined else (np.nan, np.nan)
@@ -267,7 +309,7 @@ def evaluate_testset(
     value, n_defined, n_excluded = macro_auroc(points)
     macro_low = macro_high = float("nan")
     if n_defined and boot.shape[1]:
-        per_resample = _nanmean_columns(boot[np.isfinite(points)])
+        per_resample = nanmean_columns(boot[np.isfinite(points)])
         macro_low, macro_high = percentile_interval(per_resample, level)
     return TestsetResult(
         labels=tuple(results),
@@ -275,7 +317,7 @@ def evaluate_testset(
     )
 
 
-def _nanmean_columns(rows: np.ndarray) -> np.ndarray:
+def nanmean_columns(rows: np.ndarray) -> np.ndarray:
     """Column means over finite entries; NaN for a column without any."""
     finite = np.isfinite(rows)
     total = np.where(finite, rows, 0.0).sum(axis=0)

@@ -8,9 +8,11 @@ single site (a deployment) gets the hospital view under the plain names.
 The HTML page needs nothing but itself: figures are PNG data URIs, the style sheet is inline, there
 is no script, no web font and no external address; a Content-Security-Policy forbids any fetch but
 data: images. Sections follow EVALUATION.md: headline table, learning curves, one panel per
-hospital, per-finding heatmaps, the data picture, the network, the run's configuration. The
-numbers come from :mod:`evaluation.compute`, the context from :mod:`evaluation.report_context`,
-the Markdown tables from :mod:`evaluation.report_markdown`.
+hospital, per-finding heatmaps, calibration (Brier, log loss, ECE and reliability diagrams), the
+data picture, the network, the run's configuration. The numbers come from
+:mod:`evaluation.compute`, the context from :mod:`evaluation.report_context` (the calibration
+section's from :mod:`evaluation.report_calibration`), the Markdown tables from
+:mod:`evaluation.report_markdown`.
 """
 
 from __future__ import annotations

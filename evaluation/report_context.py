@@ -30,6 +30,7 @@ from evaluation.formatting import (
 )
 from evaluation.metrics import CI_LEVEL, MIN_POSITIVES, LabelCounts
 from evaluation.privacy import redact_config, redact_text
+from evaluation.report_calibration import calibration_context
 from evaluation.rundata import GLOBAL, local_testset
 from hospitalnet import __version__
 from hospitalnet.labels import LABELS
@@ -324,6 +325,7 @@ def network_context(ev: Evaluation) -> dict[str, Any]:
         "fig_local_macro": _figure(plots.local_macro_heatmap(ev), "local macro heatmap", ""),
         "label_tables": _label_tables(ev, sites),
         "global_counts": _testset_counts(ev, GLOBAL) if GLOBAL in ev.run.testsets else None,
+        "calibration": calibration_context(ev),
         "fig_sizes": _figure(plots.data_sizes(ev.run.data, sites), "images per hospital", ""),
         "fig_prevalence": _figure(plots.prevalence_heatmap(ev.run.data, sites), "prevalence", ""),
         "data_rows": _data_rows(ev, sites),
@@ -432,6 +434,7 @@ def site_context(ev: Evaluation, site: str) -> dict[str, Any]:
         "fig_site_curves": _figure(plots.site_curves(ev, site), "curves", ""),
         "fig_site_labels": [f for f in label_figs if f],
         "site_tables": tables,
+        "calibration": calibration_context(ev, site),
         "fig_site_prevalence": _figure(plots.site_prevalence(ev.run.data, site), "prevalence", ""),
         "data_rows": _data_rows(ev, [site]),
         "has_data": ev.run.data is not None,

@@ -14,6 +14,7 @@ from evaluation import plots
 from evaluation.compute import Evaluation
 from evaluation.formatting import MINUS, NA, finite, fmt_auroc
 from evaluation.metrics import MIN_POSITIVES
+from evaluation.report_calibration import calibration_markdown
 from evaluation.rundata import GLOBAL
 
 LEGEND = (
@@ -46,7 +47,7 @@ def table_text(table: dict[str, Any]) -> str:
 
 
 def network_view(ev: Evaluation, ctx: dict[str, Any]) -> dict[str, Any]:
-    """The network view's tables (sections 1, 2, 4, then data, network, run)."""
+    """The network view's tables (sections 1, 2, 4, 5 calibration, then data, network, run)."""
     ps = ctx["per_site"]
     methods = plots.order_methods(ev.methods)
     curves = ev.summary["methods"]
@@ -113,12 +114,13 @@ def network_view(ev: Evaluation, ctx: dict[str, Any]) -> dict[str, Any]:
         )
         if ctx["global_counts"]
         else None,
-        **_data_network_run(ctx, 5),
+        "calibration": calibration_markdown(ctx["calibration"], network=True),
+        **_data_network_run(ctx, 6),
     }
 
 
 def site_view(ev: Evaluation, ctx: dict[str, Any]) -> dict[str, Any]:
-    """One hospital's view: headline, its curve, per finding, then data, network, run."""
+    """One hospital's view: headline, its curve, per finding, calibration, data, network, run."""
     return {
         "title": ctx["title"],
         "legend": LEGEND,
@@ -159,7 +161,8 @@ def site_view(ev: Evaluation, ctx: dict[str, Any]) -> dict[str, Any]:
             }
             for t in ctx["site_tables"]
         ],
-        **_data_network_run(ctx, 4),
+        "calibration": calibration_markdown(ctx["calibration"], network=False),
+        **_data_network_run(ctx, 5),
     }
 
 

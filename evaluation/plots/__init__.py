@@ -8,13 +8,14 @@ Each function returns None when the run holds nothing to draw.
 Modules: :mod:`~evaluation.plots.style` (colours, order, PNG output), :mod:`~evaluation.plots.
 curves` (performance over training), :mod:`~evaluation.plots.grids` (site x finding heatmaps),
 :mod:`~evaluation.plots.data` (the data picture), :mod:`~evaluation.plots.network` (topology and
-traffic).
+traffic), :mod:`~evaluation.plots.calibration` (reliability diagrams).
 """
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: never open a window, even if a GUI backend is installed
 
+from evaluation.plots.calibration import reliability_diagram  # noqa: E402
 from evaluation.plots.curves import (  # noqa: E402
     hospital_panels,
     learning_curves,
@@ -54,6 +55,7 @@ __all__ = [
     "order_methods",
     "order_sites",
     "prevalence_heatmap",
+    "reliability_diagram",
     "site_curves",
     "site_labels",
     "site_prevalence",

@@ -46,7 +46,7 @@ def test_network_report_is_one_self_contained_page(rendered):
 
 def test_sections_follow_the_evaluation_note(rendered):
     html = _html(rendered.network)
-    order = ["headline", "curves", "hospitals", "findings", "data", "network", "run"]
+    order = ["headline", "curves", "hospitals", "findings", "calibration", "data", "network", "run"]
     positions = [html.index(f'<section id="{name}"') for name in order]
     assert positions == sorted(positions)
 
@@ -79,7 +79,7 @@ def test_undefined_and_unreliable_are_marked(rendered):
 def test_markdown_has_the_same_tables(rendered):
     md = rendered.network.markdown.read_text(encoding="utf-8")
     summary = json.loads(rendered.network.summary_json.read_text())
-    assert md.index("## 1. Headline") < md.index("## 4. AUROC per finding") < md.index("## 7. Run")
+    assert md.index("## 1. Headline") < md.index("## 4. AUROC per finding") < md.index("## 8. Run")
     ecl_row = next(line for line in md.splitlines() if line.startswith("| ECL (edge-consensus) |"))
     assert f"{summary['methods']['ecl']['mean_site_macro_auroc']:.3f}" in ecl_row
     assert "| n/a |" in md
