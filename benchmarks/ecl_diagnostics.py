@@ -50,7 +50,7 @@ from hospitalnet.training.torch_objectives import predict_proba  # noqa: E402
 VARIANTS: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {
     "ecl": ("ecl", {}),
     "ecl-no-dual": ("ecl", {"ecl": {"dual_gain": 0.0}}),
-    "ecl-warmup": ("ecl", {"ecl": {"dual_warmup_steps": -1}}),  # -1: a quarter of the steps
+    "ecl-no-warmup": ("ecl", {"ecl": {"dual_warmup_steps": 0}}),
     "ecl-pdmm-damped": ("ecl-pdmm-damped", {}),
     "ecl-pdmm": ("ecl-pdmm", {}),
     "gossip": ("gossip", {}),
@@ -59,7 +59,7 @@ VARIANTS: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {
     "local": ("local", {}),
     "pooled": ("pooled", {}),
 }
-DEFAULT_VARIANTS = "pooled,ecl,ecl-no-dual,ecl-pdmm-damped,gossip,fedavg"
+DEFAULT_VARIANTS = "pooled,ecl,ecl-no-warmup,ecl-no-dual,gossip,fedavg,ecl-pdmm-damped"
 REFERENCES = ("gossip", "fedavg", "pooled")
 EPS = 1e-7
 
@@ -75,8 +75,6 @@ def calibration(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
 
 def run_variant(name: str, cfg, world, steps: int) -> dict[str, Any]:
     method, overrides = VARIANTS[name]
-    if overrides.get("ecl", {}).get("dual_warmup_steps") == -1:
-        overrides = {"ecl": {"dual_warmup_steps": steps // 4}}
     vcfg = with_overrides(cfg, **overrides) if overrides else cfg
     flat = initial_model(vcfg)
     w0 = flat.flat.detach().clone()

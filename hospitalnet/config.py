@@ -113,8 +113,11 @@ class ECLConfig(Section):
         description="ecl: integral gain kappa of the edge dual per exchange, times the edge's "
         "Metropolis-Hastings weight",
     )
-    dual_warmup_steps: int = Field(
-        0, ge=0, description="ecl: local steps over which the dual gain ramps up from 0"
+    dual_warmup_steps: int | None = Field(
+        None,
+        ge=0,
+        description="ecl: local steps over which the dual gain ramps up from 0; "
+        "None = a quarter of the site's local steps",
     )
     mixing_scale: float = Field(
         1.0, gt=0, description="ecl: multiplies the Metropolis-Hastings pairwise weight"
