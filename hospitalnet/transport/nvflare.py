@@ -408,6 +408,23 @@ class AuxTransport(Transport):
         return first, Message(peer, self.site, kind, first.sender_step, first.seq, payload)
 
 
+def multicast(engine: Any, topic: str, targets: list[str], request: Any) -> None:
+    """Send ``request`` to the named NVFlare sites without waiting for a reply.
+
+    Checked with nvflare 2.9.0: ``send_aux_request(..., timeout=0)`` goes over NVFlare's
+    streaming layer, and in the simulator a client's job cell has no stream callback for the aux
+    channel (the receiver logs "No callback is registered for aux_communication/..." and drops
+    it); ``multicast_aux_requests(..., timeout=0)`` goes through the core cell and arrives, in the
+    simulator and in POC mode. A non-zero timeout raises a TypeError about ``abort_signal``.
+    """
+    engine.multicast_aux_requests(
+        topic=topic,
+        target_requests={t: request for t in targets},
+        timeout=0.0,
+        fl_ctx=engine.new_context(),
+    )
+
+
 class AuxLink:
     """The NVFlare half: posts a transport's frames through an NVFlare engine and hands the
     frames of received aux requests to it. ``engine`` is the executor's or controller's
@@ -416,6 +433,9 @@ class AuxLink:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.transport: AuxTransport | None = None
+        #: NVFlare identity -> our site name: the NVFlare server's name (``simulator_server`` in
+        #: the simulator, the provisioned name otherwise) is ``server`` to the site loop
+        self.aliases: dict[str, str] = {}
         self._early: deque[tuple[str | None, list[bytes]]] = deque(maxlen=256)
         self._lock = threading.Lock()
 
@@ -424,14 +444,7 @@ class AuxLink:
 
         request = Shareable()
         request[FRAMES] = frames
-        # timeout=0: fire and forget (see the module docstring; nvflare 2.9.0)
-        self.engine.send_aux_request(
-            targets=[target],
-            topic=TOPIC,
-            request=request,
-            timeout=0.0,
-            fl_ctx=self.engine.new_context(),
-        )
+        multicast(self.engine, TOPIC, [target], request)
 
     def attach(self, transport: AuxTransport) -> None:
         """Route received requests to ``transport``; hand it those that came before."""
@@ -448,6 +461,7 @@ class AuxLink:
         from nvflare.apis.shareable import make_reply
 
         peer = request.get_peer_prop(key=ReservedKey.IDENTITY_NAME, default=None)
+        peer = self.aliases.get(peer, peer) if isinstance(peer, str) else None
         frames = request.get(FRAMES)
         with self._lock:
             transport = self.transport
@@ -458,4 +472,4 @@ class AuxLink:
         return make_reply(ReturnCode.OK)
 
 
-__all__ = ["FRAMES", "TOPIC", "AuxLink", "AuxTransport", "Post"]
+__all__ = ["FRAMES", "TOPIC", "AuxLink", "AuxTransport", "Post", "multicast"]
