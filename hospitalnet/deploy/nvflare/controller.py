@@ -73,6 +73,7 @@ class HospitalnetController(Controller):
         self._ready: set[str] = set()
         self._answered: dict[str, str] = {}
         self._start_at: float | None = None
+        self._first_sent: float | None = None  # monotonic time the first task went out
         self._engine = None
 
     # ---- NVFlare hooks --------------------------------------------------------------------
@@ -131,12 +132,13 @@ class HospitalnetController(Controller):
             )
 
         def task_sent(client_task: ClientTask, fl_ctx: FLContext) -> None:
-            # Our server loop starts with the first hospital's task, so that its startup wait
-            # counts from then (nvflare's simulator starts its clients 30-50 s after the server).
-            if server_thread is not None and not server_thread.is_alive():
-                with self._lock:
-                    if server_thread.ident is None:
-                        server_thread.start()
+            # The startup wait (ours and the server loop's) counts from the first hospital's
+            # task: nvflare 2.9.0's simulator starts its clients 30-50 s after the server.
+            with self._lock:
+                if self._first_sent is None:
+                    self._first_sent = time.monotonic()
+                if server_thread is not None and server_thread.ident is None:
+                    server_thread.start()
 
         timeout = int(node_timeout(cfg)) + 1
         data = Shareable()
@@ -160,7 +162,9 @@ class HospitalnetController(Controller):
                 with self._lock:
                     ready, answered = set(self._ready), dict(self._answered)
                     released = self._start_at is not None
-                if not released and (ready >= set(sites) or now - t0 >= d.startup_wait_s):
+                    first_sent = self._first_sent
+                waited = now - (first_sent if first_sent is not None else t0)
+                if not released and (ready >= set(sites) or waited >= d.startup_wait_s):
                     with self._lock:
                         self._start_at = start_at = time.time() + self.lead_s
                     late = sorted(set(sites) - ready)

@@ -152,6 +152,8 @@ def spec_from_network(
             paths[s] = str(path.resolve())
         else:
             paths[s] = str(path)
+    if method == "pooled":
+        raise ConfigError("--method pooled: the centralised reference is not a network method")
     make_algorithm(method, cfg.ecl, cfg.fedprox)  # an unknown method fails here
     return JobSpec(
         name=f"hospitalnet-{method}",
