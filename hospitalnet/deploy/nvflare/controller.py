@@ -6,7 +6,7 @@ than a launcher would do.
 1. **Task.** Broadcasts :data:`~hospitalnet.deploy.nvflare.TRAIN_TASK` to every hospital of
    the plan; each runs its own site loop until it is done (:mod:`.executor`).
 2. **Common start.** Once every hospital said it is ready (its neighbours answered), or
-   ``deploy.startup_wait_s`` passed, it sends every ready hospital the same start time
+   ``deploy.startup_wait_s`` after the first one did (a ready site waits no longer), it sends every ready hospital the same start time
    (``lead_s`` from now), as :func:`hospitalnet.deploy.launcher.release_start` does for processes;
    a hospital ready later gets it at once.
 3. **FedAvg / FedProx.** The aggregation server is ours, not NVFlare's FedAvg workflow: this
@@ -74,6 +74,7 @@ class HospitalnetController(Controller):
         self._answered: dict[str, str] = {}
         self._start_at: float | None = None
         self._first_sent: float | None = None  # monotonic time the first task went out
+        self._first_ready: float | None = None  # monotonic time the first site was ready
         self._engine = None
 
     # ---- NVFlare hooks --------------------------------------------------------------------
@@ -162,9 +163,12 @@ class HospitalnetController(Controller):
                 with self._lock:
                     ready, answered = set(self._ready), dict(self._answered)
                     released = self._start_at is not None
-                    first_sent = self._first_sent
-                waited = now - (first_sent if first_sent is not None else t0)
-                if not released and (ready >= set(sites) or waited >= d.startup_wait_s):
+                    if ready and self._first_ready is None:
+                        self._first_ready = now
+                    first_ready = self._first_ready
+                # a ready site waits for the start at most startup_wait_s (wait_for_start)
+                late = first_ready is not None and now - first_ready >= d.startup_wait_s
+                if not released and (ready >= set(sites) or late):
                     with self._lock:
                         self._start_at = start_at = time.time() + self.lead_s
                     late = sorted(set(sites) - ready)
