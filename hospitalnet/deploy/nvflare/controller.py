@@ -19,7 +19,7 @@ than a launcher would do.
    and its predictions would no longer equal the simulation's (the test that says the engines
    compute the same thing).
 4. **End.** When every hospital answered, or some did and the rest stayed silent for
-   ``deploy.linger_max_s + deploy.inactive_after_s + 30`` s (killed: NVFlare would wait for them
+   ``deploy.linger_max_s + deploy.inactive_after_s + 10`` s (killed: NVFlare would wait for them
    for the task's whole timeout), or the task timed out. Every wait has a deadline.
 """
 
@@ -153,7 +153,7 @@ class HospitalnetController(Controller):
         )
         self.broadcast(task, fl_ctx, targets=sites, min_responses=len(sites))
         t0 = time.monotonic()
-        grace = d.linger_max_s + d.inactive_after_s + 30.0
+        grace = d.linger_max_s + d.inactive_after_s + 10.0
         first_answer: float | None = None
         try:
             while time.monotonic() - t0 < timeout + 5:

@@ -75,6 +75,13 @@ def project(name: str, sites: list[str], fl_port: int, admin_port: int) -> dict:
     }
 
 
+def server_ports(kits: Path) -> tuple[int, int]:
+    """The (federated learning, admin) ports of a provisioned project."""
+    conf = yaml.safe_load((kits.parent.parent.parent / "project.yml").read_text())
+    server = next(p for p in conf["participants"] if p["type"] == "server")
+    return int(server["fed_learn_port"]), int(server["admin_port"])
+
+
 def allow_in_kit(kit: Path) -> None:
     """``KIT/local/resources.json``: the kit's defaults with our prefix on the allow list."""
     local = kit / "local"
@@ -85,10 +92,13 @@ def allow_in_kit(kit: Path) -> None:
     atomic_write_bytes(local / "resources.json", json.dumps(resources, indent=2).encode())
 
 
-def provision(root: Path, sites: list[str], name: str = "hospitalnet") -> Path:
-    """Startup kits for ``sites`` under ``root`` (new root CA); returns the kits' folder."""
+def provision(
+    root: Path, sites: list[str], name: str = "hospitalnet", ports: tuple[int, int] | None = None
+) -> Path:
+    """Startup kits for ``sites`` under ``root`` (a new root CA), the server on ``ports``
+    (federated learning, admin; None = two free ones); returns the kits' folder."""
     root.mkdir(parents=True, exist_ok=True)
-    fl_port, admin_port = free_port(), free_port()
+    fl_port, admin_port = ports or (free_port(), free_port())
     while admin_port == fl_port:
         admin_port = free_port()
     project_file = root / "project.yml"
@@ -222,4 +232,4 @@ def clean(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
-__all__ = ["ADMIN", "SERVER_NAME", "PocNetwork", "allow_in_kit", "project", "provision"]
+__all__ = ["ADMIN", "SERVER_NAME", "PocNetwork", "allow_in_kit", "project", "provision", "server_ports"]
