@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -228,8 +227,12 @@ def _signal_group(proc: subprocess.Popen, sig: signal.Signals) -> None:
         pass
 
 
-def clean(root: Path) -> None:
-    shutil.rmtree(root, ignore_errors=True)
-
-
-__all__ = ["ADMIN", "SERVER_NAME", "PocNetwork", "allow_in_kit", "project", "provision", "server_ports"]
+__all__ = [
+    "ADMIN",
+    "SERVER_NAME",
+    "PocNetwork",
+    "allow_in_kit",
+    "project",
+    "provision",
+    "server_ports",
+]
