@@ -452,8 +452,8 @@ class AuxLink:
             self.transport = transport
             early = list(self._early)
             self._early.clear()
-        for peer, frames in early:
-            transport.deliver(peer, frames)
+        for peer, frames in early:  # (the aliases are known by now)
+            transport.deliver(self.aliases.get(peer, peer) if peer else peer, frames)
 
     def handle(self, topic: str, request: Any, fl_ctx: Any) -> Any:
         """The aux message handler (register it for :data:`TOPIC`)."""
