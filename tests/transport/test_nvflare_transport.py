@@ -218,3 +218,48 @@ def test_send_refuses_what_the_contract_forbids(pair):
         a.send(dual(1, 1, torch.ones(N + 1)))  # wrong size
     with pytest.raises(ValueError):
         AuxTransport("n1", ["n1"], FINGERPRINT, N, lambda t, f: None, FAST)
+
+
+class FakeEngine:
+    """What AuxLink uses of an NVFlare engine: multicast without waiting, a new context."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict]] = []
+
+    def new_context(self):
+        return None
+
+    def multicast_aux_requests(self, topic, target_requests, timeout, fl_ctx):
+        assert timeout == 0.0  # fire and forget (a non-zero timeout fails in nvflare 2.9.0)
+        self.sent.extend((topic, {t: r}) for t, r in target_requests.items())
+        return {}
+
+
+def test_aux_link_posts_bytes_and_maps_the_nvflare_server_to_server_also_for_early_messages():
+    pytest.importorskip("nvflare")
+    from nvflare.apis.fl_constant import ReservedKey
+    from nvflare.apis.shareable import Shareable
+
+    from hospitalnet.transport.nvflare import FRAMES, TOPIC, AuxLink
+
+    engine = FakeEngine()
+    link = AuxLink(engine)
+    # a server's message that arrives before the site's transport exists (kept, bounded)
+    early = Shareable()
+    early[FRAMES] = _frames(Message("server", "n1", MessageKind.MODEL, 4, 1, torch.ones(N)),
+                            sender="server")  # fmt: skip
+    early.set_peer_props({ReservedKey.IDENTITY_NAME: "simulator_server"})
+    link.handle(TOPIC, early, None)
+    link.aliases["simulator_server"] = "server"
+    site = AuxTransport("n1", ["server"], FINGERPRINT, N, link.post, FAST)
+    try:
+        link.attach(site)
+        (got,) = site.poll()
+        assert (got.sender, got.kind, got.seq) == ("server", MessageKind.MODEL, 1)
+        # what the site posts goes out as a list of bytes under the topic, to the named target
+        site.send(Message("n1", "server", MessageKind.MODEL, 4, 1, torch.ones(N)))
+        assert wait_until(lambda: any(len(r["server"][FRAMES]) > 1 for _, r in engine.sent))
+        topic, request = next((t, r) for t, r in engine.sent if len(r["server"][FRAMES]) > 1)
+        assert topic == TOPIC and all(isinstance(f, bytes) for f in request["server"][FRAMES])
+    finally:
+        site.close()
