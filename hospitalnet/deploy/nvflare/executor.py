@@ -34,10 +34,11 @@ from nvflare.apis.signal import Signal
 
 from hospitalnet.algorithms import SERVER
 from hospitalnet.config import ExperimentConfig, load_config
+from hospitalnet.data.manifest import load_manifest
 from hospitalnet.deploy.liveness import transport_limits
 from hospitalnet.deploy.nvflare import READY_TOPIC, SERVER_IDENTITY, START_TOPIC, TRAIN_TASK
 from hospitalnet.deploy.site_process import SiteRunOptions, run_site
-from hospitalnet.errors import HospitalnetError
+from hospitalnet.errors import ConfigError, HospitalnetError
 from hospitalnet.plan import load_plan
 from hospitalnet.rundir import atomic_write_bytes
 from hospitalnet.transport.base import Transport
@@ -166,10 +167,14 @@ class HospitalnetExecutor(Executor):
         out.mkdir(parents=True, exist_ok=True)
         with self._start_lock:
             self.start_file = out / "start"
-            if self._start_at is not None:  # the start came before the task (it cannot, but)
+            if self._start_at is not None:  # a start that came before this task's folder
                 atomic_write_bytes(self.start_file, self._start_at.encode())
+        manifest = resolve(self.manifest, Path.cwd())
+        site, name = load_manifest(manifest)[0].site, fl_ctx.get_identity_name()
+        if site != name:  # NVFlare routes by client name: it must be the plan's site name
+            raise ConfigError(f"{manifest}: site is {site!r}, but this NVFlare client is {name!r}")
         opts = SiteRunOptions(
-            manifest=resolve(self.manifest, Path.cwd()),
+            manifest=manifest,
             out=out,
             method=self.method,
             plan=plan,
