@@ -13,9 +13,10 @@ gRPC: ``send`` queues and returns at once, ``poll`` returns what arrived. Undern
   reasons (:func:`hospitalnet.transport.grpc_wire.check_header`, ``chunking``, ``shape``,
   ``digest``, ``non_finite``, ``norm``), plus ``size`` (more frames or bytes than the model can
   need) and ``identity`` (NVFlare gave no sender name). The sender's identity is the one NVFlare
-  puts into the request's peer context; in a provisioned or POC deployment each client
-  authenticated to the NVFlare server with its provisioned certificate (mutual TLS), and the
-  server relays the request. The envelope's ``sender`` must name the same site.
+  puts into the request's peer context, declared by the sending job process; in a provisioned or
+  POC deployment each client authenticated to the NVFlare server with its provisioned
+  certificate (mutual TLS), and the server relays the request, but the name itself is not taken
+  from a certificate as on gRPC. The envelope's ``sender`` must name the same site.
 - **Replays.** As gRPC: per sender the newest ``(sender_incarnation, seq)`` delivered; anything
   not newer is counted as ``duplicates`` and dropped.
 - **Sending.** One thread per edge and an outbox of at most one message per kind (a newer one
