@@ -151,7 +151,7 @@ class RunInfo(Record):
     """``run.json``: what ran, where, how long."""
 
     seed: int
-    mode: Literal["simulation", "deployment", "processes"] = "simulation"
+    mode: Literal["simulation", "deployment", "processes", "nvflare"] = "simulation"
     methods: list[str]
     sites: list[str]
     dead_sites: list[str] = []

@@ -13,11 +13,11 @@ import sys
 from collections.abc import Sequence
 
 from hospitalnet import __version__
-from hospitalnet.cli import partition, pki, report, server, simulate, site, synth
+from hospitalnet.cli import nvflare, partition, pki, report, server, simulate, site, synth
 from hospitalnet.errors import HospitalnetError
 
 # The explicit registry, in the order the help lists them.
-COMMANDS = (simulate, synth, partition, report, site, server, pki)
+COMMANDS = (simulate, synth, partition, report, site, server, pki, nvflare)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,12 +1,14 @@
 """`hospitalnet simulate`: the eight-hospital network on this machine, end to end.
 
 ``--processes`` runs each hospital as its own OS process talking gRPC with mutual TLS over
-127.0.0.1 (``hospitalnet.deploy.launcher``) instead of the in-process discrete-event simulation.
+127.0.0.1 (``hospitalnet.deploy.launcher``) instead of the in-process discrete-event simulation;
+``--engine nvflare`` runs them in NVIDIA FLARE's simulator (``hospitalnet.deploy.nvflare``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shlex
 import sys
 import time
@@ -14,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from hospitalnet.config import load_config
+from hospitalnet.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--processes",
         action="store_true",
-        help="run each hospital as its own OS process on 127.0.0.1 (gRPC, mutual TLS)",
+        help="run each hospital as its own OS process on 127.0.0.1 (gRPC, mutual TLS); "
+        "the same as --engine processes",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("inprocess", "processes", "nvflare"),
+        default=None,
+        help="inprocess (default): the discrete-event simulation; processes: --processes; "
+        'nvflare: NVIDIA FLARE\'s simulator (pip install "hospitalnet[nvflare]")',
     )
     p.set_defaults(func=run)
 
@@ -37,10 +48,21 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     t0 = time.perf_counter()
     command = "hospitalnet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    if args.processes:
+    engine = args.engine or ("processes" if args.processes else "inprocess")
+    if args.processes and engine != "processes":
+        raise ConfigError(f"--processes and --engine {engine}: give one of them")
+    if engine == "processes":
         from hospitalnet.deploy.launcher import run_processes
 
         run_dir = run_processes(cfg, out, progress=not args.no_progress, command=command)
+    elif engine == "nvflare":
+        if importlib.util.find_spec("nvflare") is None:
+            raise ConfigError(
+                '--engine nvflare: NVFlare is not installed (pip install "hospitalnet[nvflare]")'
+            )
+        from hospitalnet.deploy.nvflare.engine import run_nvflare
+
+        run_dir = run_nvflare(cfg, out, progress=not args.no_progress, command=command)
     else:
         run_dir = run_experiment(cfg, out, progress=not args.no_progress, command=command)
     html = render_report(run_dir.root).html

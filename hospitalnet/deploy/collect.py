@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -134,8 +134,10 @@ def write_network_run(
     command: str,
     total_wall: float,
     argv: Sequence[str] | None = None,
+    mode: Literal["processes", "nvflare"] = "processes",
 ) -> RunDir:
-    """The merged run directory (``mode: processes``) at ``layout.root``."""
+    """The merged run directory (``mode: processes``, or ``nvflare`` when the processes ran
+    inside NVIDIA FLARE) at ``layout.root``."""
     run, plan = RunDir(layout.root), layout.plan
     sites = list(plan.sites)
     write_testsets_and_data(run, world)
@@ -160,7 +162,7 @@ def write_network_run(
     network.write(run.network_json)
     RunInfo(
         seed=cfg.seed,
-        mode="processes",
+        mode=mode,
         methods=list(results),
         sites=[s for s in sites if s not in dead],
         dead_sites=sorted(dead),

@@ -18,7 +18,7 @@ from hospitalnet.messages import Message
 from hospitalnet.peers import PeerBook
 from hospitalnet.rundir import write_json
 from hospitalnet.transport.base import EdgeStats, Transport
-from hospitalnet.transport.grpc import GrpcTransport, TransportLimits
+from hospitalnet.transport.grpc import TransportLimits
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,11 @@ def hear_heartbeats(book: PeerBook, transport: Transport, now: float) -> None:
     to peer edges do not use this: there a neighbour whose transport still answers but whose
     messages stopped (a stalled trainer) must go inactive.
     """
-    if not isinstance(transport, GrpcTransport):
+    states = getattr(transport, "neighbour_states", None)  # gRPC, NVFlare: heartbeats
+    if states is None:
         return
     wall = time.time()
-    for name, status in transport.neighbour_states().items():
+    for name, status in states().items():
         peer = book.peers.get(name)
         if peer is not None and status.last_heard is not None:
             peer.last_heard = max(peer.last_heard, now - (wall - status.last_heard))
@@ -85,11 +86,12 @@ def wait_for_neighbours(
     site: str, transport: Transport, timeout_s: float, stop: threading.Event
 ) -> None:
     """Before step 1, wait (at most ``timeout_s``) until every neighbour has answered once."""
-    if not isinstance(transport, GrpcTransport):
+    neighbour_states = getattr(transport, "neighbour_states", None)  # gRPC, NVFlare
+    if neighbour_states is None:
         return
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not stop.is_set():
-        states = transport.neighbour_states()
+        states = neighbour_states()
         if all(s.last_ok is not None for s in states.values()):
             log.info("%s: all %d neighbours answered; starting", site, len(states))
             return

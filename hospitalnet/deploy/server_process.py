@@ -49,6 +49,7 @@ from hospitalnet.deploy.liveness import (
     wait_for_neighbours,
 )
 from hospitalnet.deploy.site_outputs import edge_record, transport_events
+from hospitalnet.deploy.site_process import TransportFactory
 from hospitalnet.errors import ConfigError
 from hospitalnet.pki import site_credentials
 from hospitalnet.plan import NetworkPlan
@@ -63,6 +64,7 @@ from hospitalnet.rundir_schema import (
     event_records,
 )
 from hospitalnet.site import Event
+from hospitalnet.transport.base import Transport
 from hospitalnet.transport.grpc import GrpcTransport
 
 log = logging.getLogger(__name__)
@@ -94,7 +96,12 @@ class ServerOutcome:
 class ServerProcess:
     """One server run: the assembled server loop, its transport, checkpoints and outputs."""
 
-    def __init__(self, opts: ServerRunOptions, cfg: ExperimentConfig) -> None:
+    def __init__(
+        self,
+        opts: ServerRunOptions,
+        cfg: ExperimentConfig,
+        transport_factory: TransportFactory | None = None,
+    ) -> None:
         self.opts, self.cfg = opts, cfg
         self.t0 = time.monotonic()
         self.wall0 = time.time()
@@ -114,15 +121,21 @@ class ServerProcess:
             raise ConfigError(f"network plan: sites.{no_address[0]}.address: missing")
         server_sample_counts(plan)  # a plan the server cannot use fails before any socket
         self.flat = initial_model(cfg)
-        self.transport = GrpcTransport(
-            SERVER,
-            listen,
-            {s: plan.addresses[s] for s in plan.sites},
-            site_credentials(opts.pki_dir, SERVER),
-            self.flat.fingerprint(),
-            self.flat.numel,
-            transport_limits(cfg),
-        )
+        self.transport: Transport
+        if transport_factory is not None:  # another engine's messaging (NVFlare)
+            self.transport = transport_factory(
+                SERVER, tuple(plan.sites), self.flat.fingerprint(), self.flat.numel
+            )
+        else:
+            self.transport = GrpcTransport(
+                SERVER,
+                listen,
+                {s: plan.addresses[s] for s in plan.sites},
+                site_credentials(opts.pki_dir, SERVER),
+                self.flat.fingerprint(),
+                self.flat.numel,
+                transport_limits(cfg),
+            )
         try:
             self.node = build_server(
                 plan,
@@ -260,17 +273,20 @@ class ServerProcess:
 
 
 def run_server(
-    opts: ServerRunOptions, cfg: ExperimentConfig, stop: threading.Event | None = None
+    opts: ServerRunOptions,
+    cfg: ExperimentConfig,
+    stop: threading.Event | None = None,
+    transport_factory: TransportFactory | None = None,
 ) -> ServerOutcome:
     """Serve FedAvg/FedProx rounds until the last one, ``stop`` (SIGTERM) or the deadline;
-    checkpoint and write the server's run directory."""
+    checkpoint and write the server's run directory. ``transport_factory`` None = gRPC."""
     stop = stop or threading.Event()
     if not opts.resume and any((opts.out / "checkpoints").glob("ckpt-*.json")):
         raise ConfigError(
             f"{opts.out}: holds checkpoints of an earlier run; use --resume or another --out"
         )
     t0 = time.monotonic()
-    run = ServerProcess(opts, cfg)
+    run = ServerProcess(opts, cfg, transport_factory)
     try:
         if opts.resume:
             run.resume()

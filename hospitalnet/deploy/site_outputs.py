@@ -39,7 +39,6 @@ from hospitalnet.rundir_schema import (
 from hospitalnet.site import Event
 from hospitalnet.training.torch_objectives import predict_proba
 from hospitalnet.transport.base import EdgeStats
-from hospitalnet.transport.grpc import GrpcTransport
 from hospitalnet.world import Split
 
 if TYPE_CHECKING:
@@ -82,12 +81,13 @@ def edge_record(
 
 
 def transport_events(transport: object, site: str, wall0: float) -> list[Event]:
-    """The gRPC transport's neighbour state changes, on the process's clock."""
-    if not isinstance(transport, GrpcTransport):
+    """A real network's neighbour state changes (gRPC, NVFlare), on the process's clock."""
+    events = getattr(transport, "neighbour_events", None)
+    if events is None:  # the simulated network or a site without neighbours
         return []
     return [
         Event(t - wall0, site, f"transport_{new}", nbr, detail=f"was {old}")
-        for t, nbr, old, new in transport.neighbour_events()
+        for t, nbr, old, new in events()
     ]
 
 

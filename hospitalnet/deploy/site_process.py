@@ -32,6 +32,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -81,6 +82,10 @@ from hospitalnet.world import Split
 log = logging.getLogger(__name__)
 
 _IDLE_SLEEP_S = 0.005
+
+#: builds a site's transport from (site, neighbours, model fingerprint, numel): another engine's
+#: messaging (:mod:`hospitalnet.transport.nvflare`) instead of gRPC
+TransportFactory = Callable[[str, tuple[str, ...], str, int], Transport]
 
 
 @dataclass(frozen=True)
@@ -186,7 +191,8 @@ class SiteRecord:
 class SiteProcess:
     """One site run: its data, the assembled site, its transport, checkpoints and the loop.
 
-    ``transport`` None = gRPC with mutual TLS to the plan's addresses (a test may inject one).
+    ``transport`` None = gRPC with mutual TLS to the plan's addresses (a test may inject one);
+    ``transport_factory`` builds it instead, once the neighbours are known (NVFlare).
     """
 
     def __init__(
@@ -195,6 +201,7 @@ class SiteProcess:
         cfg: ExperimentConfig,
         data: SiteData,
         transport: Transport | None = None,
+        transport_factory: TransportFactory | None = None,
     ) -> None:
         self.opts, self.cfg, self.data = opts, cfg, data
         self.site = data.manifest.site
@@ -217,6 +224,10 @@ class SiteProcess:
         # a plan this site cannot use (e.g. sizes missing) fails before any socket opens
         site_context(self.site, self.plan, cfg, self.algorithm, w0, len(data.train))
         neighbours = site_neighbours(self.site, self.plan, self.algorithm)
+        if transport is None and transport_factory is not None and neighbours:
+            transport = transport_factory(
+                self.site, neighbours, self.flat.fingerprint(), self.flat.numel
+            )
         self.transport = transport or self._grpc_transport(neighbours)
         try:
             self.node = build_site(
@@ -401,10 +412,14 @@ class SiteProcess:
 
 
 def run_site(
-    opts: SiteRunOptions, cfg: ExperimentConfig, stop: threading.Event | None = None
+    opts: SiteRunOptions,
+    cfg: ExperimentConfig,
+    stop: threading.Event | None = None,
+    transport_factory: TransportFactory | None = None,
 ) -> SiteOutcome:
     """Run one hospital until its steps are done (and its neighbours too), ``stop`` is set
-    (SIGTERM) or ``deploy.max_wall_s`` passes; checkpoint and write its run directory."""
+    (SIGTERM) or ``deploy.max_wall_s`` passes; checkpoint and write its run directory.
+    ``transport_factory`` None = gRPC with mutual TLS (see :class:`SiteProcess`)."""
     from hospitalnet.deploy.site_outputs import write_site_outputs
 
     stop = stop or threading.Event()
@@ -413,7 +428,7 @@ def run_site(
             f"{opts.out}: holds checkpoints of an earlier run; use --resume or another --out"
         )
     t0 = time.monotonic()
-    run = SiteProcess(opts, cfg, load_site_data(opts, cfg))
+    run = SiteProcess(opts, cfg, load_site_data(opts, cfg), transport_factory=transport_factory)
     status: Status = "finished"
     detail = ""
     try:
@@ -450,6 +465,7 @@ __all__ = [
     "SiteOutcome",
     "SiteProcess",
     "SiteRunOptions",
+    "TransportFactory",
     "load_site_data",
     "node_status",
     "run_site",

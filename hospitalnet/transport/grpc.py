@@ -65,9 +65,10 @@ from hospitalnet.transport.base import EdgeStats, Transport
 from hospitalnet.transport.grpc_wire import (
     DTYPES,
     PB_TO_KIND,
-    PROTOCOL_VERSION,
+    PROTOCOL_VERSION,  # noqa: F401 (re-exported: imported from here by tests)
     SERVICE,
     Rejected,
+    check_header,
     decode_payload,
     heartbeat_envelope,
     payload_bytes,
@@ -544,29 +545,14 @@ class GrpcTransport(Transport):
         return site if cns == [site] else None
 
     def _check_header(self, env: pb.Envelope, peer: str) -> None:
-        if env.protocol_version != PROTOCOL_VERSION:
-            raise Rejected("protocol_version")
-        if env.sender != peer:
-            raise Rejected("sender_mismatch")
-        if env.receiver != self.site:
-            raise Rejected("wrong_receiver")
-        if peer not in self.neighbours:
-            raise Rejected("not_neighbour")
-        if env.model_fingerprint != self.model_fingerprint:
-            raise Rejected("fingerprint")
-        if env.kind not in PB_TO_KIND:
-            raise Rejected("kind")
-        schema = env.schema
-        if env.kind == pb.KIND_HEARTBEAT:
-            if schema.numel != 0 or schema.dtype:
-                raise Rejected("shape")
-        else:
-            if schema.dtype not in DTYPES:
-                raise Rejected("dtype")
-            if schema.numel != self.numel:
-                raise Rejected("shape")
-        if len(env.payload_sha256) != 32:
-            raise Rejected("digest")
+        check_header(
+            env,
+            peer,
+            site=self.site,
+            neighbours=self.neighbours,
+            fingerprint=self.model_fingerprint,
+            numel=self.numel,
+        )
 
     def _handle_heartbeat(self, request: bytes, context: grpc.ServicerContext) -> pb.Ack:
         peer = self._peer_site(context)

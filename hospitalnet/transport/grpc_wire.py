@@ -133,6 +133,42 @@ def same_header(first: pb.Envelope, env: pb.Envelope, index: int) -> bool:
     )
 
 
+def check_header(
+    env: pb.Envelope,
+    peer: str,
+    *,
+    site: str,
+    neighbours: tuple[str, ...] | dict[str, str],
+    fingerprint: str,
+    numel: int,
+) -> None:
+    """The checks every first envelope passes at ``site`` (from the authenticated ``peer``),
+    in the order both transports count them; :class:`Rejected` with the reason otherwise."""
+    if env.protocol_version != PROTOCOL_VERSION:
+        raise Rejected("protocol_version")
+    if env.sender != peer:
+        raise Rejected("sender_mismatch")
+    if env.receiver != site:
+        raise Rejected("wrong_receiver")
+    if peer not in neighbours:
+        raise Rejected("not_neighbour")
+    if env.model_fingerprint != fingerprint:
+        raise Rejected("fingerprint")
+    if env.kind not in PB_TO_KIND:
+        raise Rejected("kind")
+    schema = env.schema
+    if env.kind == pb.KIND_HEARTBEAT:
+        if schema.numel != 0 or schema.dtype:
+            raise Rejected("shape")
+    else:
+        if schema.dtype not in DTYPES:
+            raise Rejected("dtype")
+        if schema.numel != numel:
+            raise Rejected("shape")
+    if len(env.payload_sha256) != 32:
+        raise Rejected("digest")
+
+
 def decode_payload(data: bytes, dtype: str, max_norm: float) -> torch.Tensor:
     """The payload as a tensor; :class:`Rejected` when not finite or its norm exceeds
     ``max_norm``."""
