@@ -233,6 +233,8 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: file not found") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (invalid UTF-8); expected YAML") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -13,6 +13,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from hospitalnet.cli.paths import check_output_folder
 from hospitalnet.config import load_config
 
 
@@ -35,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     out = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    check_output_folder(out)
     t0 = time.perf_counter()
     command = "hospitalnet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if args.processes:
