@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -37,9 +38,12 @@ from benchmarks._common import command, machine, output_path, save  # noqa: E402
 # Thread settings compared: torch threads for the measured run (None = torch's default, one per
 # core) and extra environment, set before torch is imported.
 SETTINGS: dict[str, dict[str, Any]] = {
+    # before: torch's default threads (one per core), OpenMP's default wait policy
     "torch-default": {"threads": None, "env": {}},
-    "torch-default+passive": {"threads": None, "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
+    # the issue's workaround: training.threads: 1
     "threads-1": {"threads": 1, "env": {}},
+    # torch's default threads with the passive wait policy alone
+    "torch-default+passive": {"threads": None, "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
     # What hospitalnet now does by default (hospitalnet.threads): training.threads of the default
     # config and the passive OpenMP wait policy `python -m hospitalnet` sets.
     "new-default": {"threads": "config", "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
@@ -58,7 +62,7 @@ CASES = {
 
 def _train_once(steps: int, threads: str, loop: bool) -> None:
     """Load the default world (cached), then time ECL for ``steps`` local steps per site."""
-    import torch
+    import torch  # first: OpenMP reads the environment the setting gave this process
 
     from hospitalnet.assembly import initial_model
     from hospitalnet.config import ExperimentConfig
@@ -98,7 +102,7 @@ def _busy() -> None:
 
 def _spawn(role: str, steps: int, threads: str, env_extra: dict[str, str]) -> subprocess.Popen:
     env = {**os.environ, **env_extra}
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY"):
         env.pop(name, None)  # the setting under test decides, not the caller's shell
     argv = [sys.executable, __file__, "--worker", role, "--steps", str(steps)]
     argv += ["--threads", threads]
@@ -162,6 +166,8 @@ def main() -> None:
         _train_once(args.steps, args.threads, loop=args.worker == "train")
         return
 
+    # A SIGTERM ends the script through its finally blocks, which stop the competitors.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     settings, cases = args.settings.split(","), args.cases.split(",")
     # Warm the world and decoded-image cache once, outside any measurement.
     _spawn("measure", 1, "1", {}).communicate(timeout=3600)

@@ -1,22 +1,24 @@
 """CPU threads for the processes hospitalnet runs, chosen for a machine that other work shares.
 
-Measured (benchmarks/contention.py, README "A busy CPU"): with torch's default of one intra-op
-thread per core, a short ECL run on a 2-core machine became many times slower beside a single
-other CPU-bound process, because each of the many small parallel regions of a training step waits
-for its slowest thread, and that thread is the one sharing a core with the other process. One
-thread per process keeps the slowdown near the fair share. So:
+Measured with benchmarks/contention.py on the shared 2-core development machine (README "A busy
+CPU" has the figures and their caveats): with torch's default of one intra-op thread per core and
+OpenMP's default wait policy, a short ECL run took 19-98 s where one thread took 10-12 s, and
+beside one other CPU-bound process 62-132 s. A training step is many small parallel regions;
+each waits for its slowest thread, the one sharing a core with other work, while the idle
+threads spin on the cores that work needs. ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep)
+removed most of that, but two threads stayed 2-4x slower than one whenever the machine was
+crowded. One thread per process was never far from the best setting in any measured case. So:
 
-- the in-process simulation trains with ``training.threads`` (default 1);
-- ``site run`` / ``server run`` take ``--threads`` (default 1) and ``simulate --processes`` gives
-  each of its processes :func:`thread_budget` threads (1 unless the machine has more cores than
-  processes);
-- every process started through ``python -m hospitalnet`` (and its children) runs OpenMP with
-  ``OMP_WAIT_POLICY=PASSIVE`` unless the user set a policy: an idle OpenMP thread then sleeps
-  instead of spinning on a core another process needs. OpenMP reads this once, when torch is
-  imported, so :func:`configure_openmp` runs before that.
+- the in-process simulation trains with ``training.threads`` (default 1; ``null`` = one per
+  core, for a machine nothing else uses);
+- ``site run`` / ``server run`` take ``--threads`` (default 1), and ``simulate --processes``
+  gives each of its processes :func:`thread_budget` threads (the usable cores shared between
+  the sites and the server, at least 1);
+- ``import hospitalnet`` puts ``OMP_WAIT_POLICY=PASSIVE`` in the environment unless the user
+  chose a policy (:func:`configure_openmp`), so that a run with more threads does not spin on
+  shared cores. OpenMP reads it once, when torch loads; child processes inherit it.
 
-A fixed thread count also keeps results reproducible: the reduction order, and so the last bits,
-of a run would otherwise depend on the machine's load.
+A fixed thread count also keeps a run reproducible bit for bit whatever the machine's load.
 """
 
 from __future__ import annotations

@@ -8,14 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hospitalnet.config import ExperimentConfig
 from hospitalnet.threads import child_environment, configure_openmp, thread_budget, usable_cores
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def test_training_defaults_to_one_thread():
-    assert ExperimentConfig().training.threads == 1
 
 
 def test_passive_wait_policy_unless_the_user_chose_one():
@@ -46,8 +41,8 @@ def test_child_environment_sets_threads_and_policy_and_keeps_the_rest():
 
 
 def test_python_m_hospitalnet_sets_the_policy_before_torch_is_imported(tmp_path):
-    # An import hook records the policy at the moment torch is first imported; `site run`
-    # imports torch first thing, then stops on the missing manifest.
+    # An import hook records the policy at the moment torch is first imported (OpenMP reads it
+    # then); `site run` imports torch first thing, then stops on the missing manifest.
     code = (
         "import os, runpy, sys\n"
         "seen = []\n"
