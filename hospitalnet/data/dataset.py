@@ -400,10 +400,13 @@ def load_site(
 
 def log_load_counts(site: str, tensors: SiteTensors) -> None:
     """One line per site: images kept, skipped (by reason) and converted or dropped (by kind);
-    the same counts go into the run's ``data.json``."""
+    the same counts go into the run's ``data.json``. INFO when there is something to count
+    (stderr stays one line for a command that fails after loading clean data), else DEBUG."""
     skipped = describe_counts(tensors.skip_reasons) or "none"
     notes = describe_counts(tensors.notes) or "none"
-    logger.info(
+    level = logging.INFO if tensors.skip_reasons or tensors.notes else logging.DEBUG
+    logger.log(
+        level,
         "site %s: %d image(s) loaded; skipped: %s; converted or dropped: %s",
         site,
         len(tensors),
