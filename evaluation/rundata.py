@@ -127,6 +127,8 @@ class Predictions:
         if name not in self._arrays:
             raise DataError(f"{self.path}: missing array {name!r}")
         arr = self._arrays[name]
+        if arr.dtype.kind != "f":
+            raise DataError(f"{self.path}: {name}: {arr.dtype} values, expected probabilities")
         expected = (self._run.testsets[testset].n_images, NUM_LABELS)
         if arr.shape != expected:
             raise DataError(f"{self.path}: {name}: shape {arr.shape}, expected {expected}")
@@ -149,6 +151,8 @@ def _read_testsets(path: Path) -> dict[str, TestSet]:
             if k not in arrays:
                 raise DataError(f"{path}: missing array {k!r}")
         labels, patients = arrays[labels_key], arrays[patients_key]
+        if labels.dtype.kind != "f":
+            raise DataError(f"{path}: {labels_key}: {labels.dtype} values, expected float 0/1/NaN")
         if labels.ndim != 2 or labels.shape[1] != NUM_LABELS:
             raise DataError(f"{path}: {labels_key}: shape {labels.shape}, expected [N, 14]")
         if patients.shape != (labels.shape[0],) or patients.dtype.kind not in "iu":

@@ -160,6 +160,8 @@ def _read(directory: Path, index: int) -> Checkpoint:
         raise _Damaged("record missing") from None
     except (ValueError, UnicodeDecodeError):
         raise _Damaged("record is not valid JSON (truncated or corrupted)") from None
+    except OSError as err:
+        raise _Damaged(f"record unreadable ({err.strerror})") from None
     required = {
         "format": int,
         "index": int,
@@ -186,6 +188,8 @@ def _read(directory: Path, index: int) -> Checkpoint:
         blob = (directory / record["tensors_file"]).read_bytes()
     except FileNotFoundError:
         raise _Damaged("tensor file missing") from None
+    except OSError as err:
+        raise _Damaged(f"tensor file unreadable ({err.strerror})") from None
     if len(blob) != record["tensors_bytes"]:
         raise _Damaged(f"tensor file has {len(blob)} bytes, expected {record['tensors_bytes']}")
     if _sha256(blob) != record["tensors_sha256"]:

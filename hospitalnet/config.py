@@ -90,10 +90,11 @@ class TrainingConfig(Section):
     eval_points: int = Field(10, ge=1, description="evaluations along training (learning curves)")
     device: str = Field("cpu", description="cpu | cuda | auto")
     threads: int | None = Field(
-        None,
+        1,
         ge=1,
-        description="torch CPU threads for this process (None: torch's default, one per core); "
-        "1 is faster when other work shares the cores",
+        description="torch CPU threads for this process; 1 (default) keeps a run near its fair "
+        "share when other work shares the cores (hospitalnet.threads); None: torch's default, "
+        "one per core",
     )
     site_weighting: Literal["samples", "uniform"] = Field(
         "samples",
@@ -213,6 +214,12 @@ class DeployConfig(Section):
         description="D in seconds: an edge with no message for longer goes inactive (a few "
         "exchange periods; raise it for slow steps, e.g. large models)",
     )
+    inactive_cap_s: float = Field(
+        30.0,
+        gt=0,
+        description="cap of the per-edge D learned from the gaps between messages (mean + 4 "
+        "deviations, as TCP's RTO; hospitalnet.deadline), whose floor is inactive_after_s",
+    )
     heartbeat_interval_s: float = Field(1.0, gt=0, description="heartbeat an idle edge this often")
     call_timeout_s: float = Field(10.0, gt=0, description="deadline of one message delivery")
     startup_wait_s: float = Field(
@@ -284,6 +291,8 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: file not found") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (invalid UTF-8); expected YAML") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:

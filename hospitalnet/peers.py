@@ -14,7 +14,9 @@ server loop (:class:`hospitalnet.site.ServerNode`). Per edge (counted in that ed
   needing synchronised clocks, and it tolerates steady speed differences between sites (their
   drift per message is K * |1 - speed ratio| steps, far below S);
 - anything in order from a neighbour (applied or stale) proves it alive; a peer not heard for
-  longer than D goes inactive (:meth:`PeerBook.went_silent`).
+  longer than D goes inactive (:meth:`PeerBook.went_silent`). With ``SiteRules.inactive_cap``
+  set, D is per edge: learned from the gaps between that neighbour's messages
+  (:class:`hospitalnet.deadline.GapDeadline`, TCP's RTO rule) between the fixed D and the cap.
 
 Messages that arrive in the same poll are applied in a canonical order (neighbour order, then
 sequence number), so delivery order inside one poll never changes the result.
@@ -31,6 +33,7 @@ from typing import Any
 import torch
 
 from hospitalnet.algorithms.base import is_finite_tensor
+from hospitalnet.deadline import GapDeadline
 from hospitalnet.messages import Message, MessageKind
 from hospitalnet.transport.base import EdgeStats
 
@@ -49,11 +52,22 @@ class SiteRules:
         D, in clock units: an edge with nothing heard for longer goes inactive.
     max_nonfinite_steps:
         Consecutive rolled-back steps after which the site stops with :class:`SiteFailure`.
+    inactive_cap:
+        None: D is ``inactive_after`` on every edge. Else each edge's D is learned from the gaps
+        between its messages, at least ``inactive_after`` and at most this.
     """
 
     staleness_bound: int = 64
     inactive_after: float = 200.0
     max_nonfinite_steps: int = 10
+    inactive_cap: float | None = None
+
+    def edge_deadline(self) -> GapDeadline | None:
+        if self.inactive_cap is None:
+            return None
+        return GapDeadline(
+            floor=self.inactive_after, cap=max(self.inactive_cap, self.inactive_after)
+        )
 
 
 class Verdict(Enum):
@@ -71,6 +85,7 @@ class _Peer:
     msg_step_then: int = 0
     last_heard: float = 0.0
     active: bool = True
+    deadline: GapDeadline | None = None  # per-edge D (SiteRules.inactive_cap), else fixed
 
 
 class PeerBook:
@@ -91,7 +106,10 @@ class PeerBook:
         self.rules = rules
         self.staleness = staleness
         self.order = {p: k for k, p in enumerate(peers)}
-        self.peers = {p: _Peer(stats=EdgeStats(), last_heard=now) for p in peers}
+        self.peers = {
+            p: _Peer(stats=EdgeStats(), last_heard=now, deadline=rules.edge_deadline())
+            for p in peers
+        }
         self.strangers: dict[str, EdgeStats] = {}
         self._numel = like.numel()
         self._dtype = like.dtype
@@ -133,6 +151,9 @@ class PeerBook:
         age = (own_step - peer.own_step_then) - (msg.step - peer.msg_step_then)
         peer.last_seq = msg.seq
         peer.own_step_then, peer.msg_step_then = own_step, msg.step
+        if peer.deadline is not None and peer.active:
+            # a gap that ended an inactive spell measures the outage, not the edge's pace
+            peer.deadline.observe(now - peer.last_heard)
         peer.last_heard = now
         if self.staleness and age > self.rules.staleness_bound:
             peer.stats.stale += 1
@@ -143,10 +164,15 @@ class PeerBook:
         """Active peers not heard for longer than D (they are marked inactive here)."""
         out = []
         for name, peer in self.peers.items():
-            if peer.active and now - peer.last_heard > self.rules.inactive_after:
+            if peer.active and now - peer.last_heard > self.silence_allowed(name):
                 peer.active = False
                 out.append(name)
         return out
+
+    def silence_allowed(self, peer: str) -> float:
+        """D of the edge from ``peer``: learned (within floor and cap) or the fixed value."""
+        deadline = self.peers[peer].deadline
+        return self.rules.inactive_after if deadline is None else deadline.deadline
 
     def stats(self) -> dict[tuple[str, str], EdgeStats]:
         out = {(p, self.owner): peer.stats for p, peer in self.peers.items()}
@@ -161,6 +187,7 @@ class PeerBook:
                 "own_step_then": p.own_step_then,
                 "msg_step_then": p.msg_step_then,
                 "active": p.active,
+                **({"deadline": p.deadline.state_dict()} if p.deadline is not None else {}),
             }
             for name, p in self.peers.items()
         }
@@ -177,6 +204,8 @@ class PeerBook:
             p.own_step_then = int(marks.get("own_step_then", 0))
             p.msg_step_then = int(marks.get("msg_step_then", 0))
             p.last_heard = now
+            if p.deadline is not None and isinstance(marks.get("deadline"), dict):
+                p.deadline.load_state_dict(marks["deadline"])
             if not marks.get("active", True):
                 p.active = False
                 inactive.append(name)

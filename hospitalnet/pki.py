@@ -149,6 +149,8 @@ def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     except FileNotFoundError:
         raise NetworkError(f"{key_path}: CA key not found (create it with 'pki init')") from None
+    except OSError as err:
+        raise NetworkError(f"{key_path}: cannot read ({err.strerror})") from None
     except (ValueError, TypeError) as err:
         raise NetworkError(f"{key_path}: not a readable unencrypted PEM key ({err})") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -256,6 +258,8 @@ def load_certificate(path: str | Path) -> x509.Certificate:
         return x509.load_pem_x509_certificate(path.read_bytes())
     except FileNotFoundError:
         raise NetworkError(f"{path}: certificate not found") from None
+    except OSError as err:  # a folder, a file where a folder should be, no permission
+        raise NetworkError(f"{path}: cannot read ({err.strerror})") from None
     except ValueError as err:
         raise NetworkError(f"{path}: not a PEM certificate ({err})") from None
 
@@ -294,6 +298,8 @@ def load_credentials(
         private = serialization.load_pem_private_key(key_pem, password=None)
     except FileNotFoundError:
         raise NetworkError(f"{key_path}: key not found") from None
+    except OSError as err:
+        raise NetworkError(f"{key_path}: cannot read ({err.strerror})") from None
     except (ValueError, TypeError) as err:
         raise NetworkError(f"{key_path}: not a readable unencrypted PEM key ({err})") from None
     try:

@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,10 @@ def read_json(path: Path) -> Any:
         raise DataError(f"{path}: missing from the run directory") from None
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: invalid JSON ({err.msg} at line {err.lineno})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a text file (invalid UTF-8); expected JSON") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or type(err).__name__})") from None
 
 
 def write_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -79,8 +85,16 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
             return {k: npz[k] for k in npz.files}
     except FileNotFoundError:
         raise DataError(f"{path}: missing from the run directory") from None
-    except (ValueError, OSError) as err:
-        raise DataError(f"{path}: unreadable array file ({err})") from None
+    except EOFError:
+        raise DataError(
+            f"{path}: empty array file (0 bytes); re-run the step that wrote it"
+        ) from None
+    except (ValueError, OSError, zipfile.BadZipFile, zlib.error, KeyError) as err:
+        # A truncated or damaged .npz: BadZipFile (no central directory), zlib.error or a CRC
+        # failure (BadZipFile) when a member is read, KeyError for a torn member header.
+        raise DataError(
+            f"{path}: unreadable array file, truncated or damaged ({type(err).__name__})"
+        ) from None
 
 
 def key(*parts: object) -> str:

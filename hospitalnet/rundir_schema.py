@@ -322,6 +322,10 @@ class SiteData(Record):
     prevalence: dict[str, float | None] = {}
     jsd: float | None = None
     views: dict[str, int] | None = None
+    # What loading did to the site's images: left out (by reason) and converted or dropped but
+    # kept (by kind: colour converted to gray, unknown label names dropped, 12-bit PNGs rescaled).
+    skipped: dict[str, int] | None = None
+    converted: dict[str, int] | None = None
 
 
 class PooledData(Record):

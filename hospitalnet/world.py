@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +127,7 @@ def ensure_world(cfg: ExperimentConfig, *, progress: bool = True) -> Path:
     root = world_dir(cfg)
     seed = world_seed(cfg)
     ready = root / "READY"
-    if ready.is_file() and json.loads(ready.read_text()) == _settings(cfg):
+    if _ready_settings(ready) == _settings(cfg):
         return root
     log.info("generating the synthetic world (once; cached for later runs)")
     shutil.rmtree(root / "nih", ignore_errors=True)
@@ -153,6 +153,35 @@ def ensure_world(cfg: ExperimentConfig, *, progress: bool = True) -> Path:
             _store_site(root, site, storage, seed)
     ready.write_text(json.dumps(_settings(cfg)))
     return root
+
+
+def _ready_settings(ready: Path) -> object:
+    """The settings a finished world recorded; None when READY is absent or damaged (the world
+    is then generated again rather than trusted)."""
+    try:
+        return json.loads(ready.read_bytes())
+    except (OSError, ValueError):  # ValueError covers bad JSON and bad UTF-8
+        return None
+
+
+def read_partition(root: Path) -> dict:
+    """``root/partition.json`` (written by ``hospitalnet partition``), checked for the keys the
+    run reads; a damaged file is one :class:`DataError` line naming it."""
+    path = root / "partition.json"
+    try:
+        part = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found (run `hospitalnet partition` first)") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror})") from None
+    except ValueError:
+        raise DataError(f"{path}: not valid JSON (truncated or damaged); partition again") from None
+    if not isinstance(part, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    for name in ("sites", "pooled", "global_test"):
+        if not isinstance(part.get(name), dict):
+            raise DataError(f"{path}: {name}: missing or not an object; partition again")
+    return part
 
 
 # ---- the decoded world ---------------------------------------------------------------------------
@@ -185,6 +214,8 @@ class World:
     loaders: dict[str, str]
     descriptions: dict[str, str]
     partition: dict
+    # site -> (skip reasons, conversion notes) from loading its images (SiteTensors)
+    load_counts: dict[str, tuple[dict[str, int], dict[str, int]]] = field(default_factory=dict)
 
     def testset_arrays(self) -> dict[str, np.ndarray]:
         """``testsets.npz``: labels and patient codes of the global and every local test set."""
@@ -203,7 +234,13 @@ class World:
         part = self.partition
         keys = ("description", "patients", "train_images", "test_images", "prevalence", "jsd")
         sites = {
-            site: SiteData(**{k: s[k] for k in keys}, views=s["views"], loader=self.loaders[site])
+            site: SiteData(
+                **{k: s[k] for k in keys},
+                views=s["views"],
+                loader=self.loaders[site],
+                skipped=self.load_counts.get(site, ({}, {}))[0],
+                converted=self.load_counts.get(site, ({}, {}))[1],
+            )
             for site, s in part["sites"].items()
         }
         return DataSummary(
@@ -229,9 +266,10 @@ class World:
 
 def load_world(cfg: ExperimentConfig, root: Path, *, progress: bool) -> World:
     """Decode every site of the world at ``root`` (cached under ``root/cache``)."""
-    partition = json.loads((root / "partition.json").read_text())
+    partition = read_partition(root)
     cache = root / "cache"
     train, local, loaders, descriptions = {}, {}, {}, {}
+    counts: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
     for site in tqdm(
         list(partition["sites"]), desc="load sites", unit="site", disable=not progress
     ):
@@ -240,12 +278,15 @@ def load_world(cfg: ExperimentConfig, root: Path, *, progress: bool) -> World:
         tensors = load_site(manifest_path, cfg.data.image_size, cache, progress=progress)
         train[site], local[site] = Split.of(tensors, "train"), Split.of(tensors, "test")
         loaders[site], descriptions[site] = manifest.data.loader, manifest.description
+        counts[site] = (dict(tensors.skip_reasons), dict(tensors.notes))
         if len(train[site]) == 0:
             raise DataError(f"site {site}: no training images; it cannot take part")
     global_test = load_site(
         root / "sites" / GLOBAL / f"{GLOBAL}.yaml", cfg.data.image_size, cache, progress=progress
     )
-    return World(train, local, Split.of(global_test, "test"), loaders, descriptions, partition)
+    return World(
+        train, local, Split.of(global_test, "test"), loaders, descriptions, partition, counts
+    )
 
 
 def write_testsets_and_data(run: RunDir, world: World) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hospitalnet.cli.paths import check_output_folder
 from hospitalnet.config import PartitionConfig
 
 _DEFAULTS = PartitionConfig()
@@ -40,12 +41,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=_DEFAULTS.local_test_fraction,
         help="fraction of each site's patients held out as its local test (default: %(default)s)",
     )
+    loader = p.add_argument_group(
+        "reading --data (also written into every site manifest's data.options)"
+    )
+    loader.add_argument(
+        "--on-missing-image",
+        choices=("error", "skip"),
+        help="a listed PNG that is not on disk: stop (default) or leave it out and count it",
+    )
+    loader.add_argument(
+        "--on-bad",
+        choices=("error", "skip"),
+        help="an unreadable PNG when a site decodes its images: stop (default) or skip it",
+    )
+    loader.add_argument(
+        "--unknown-labels",
+        choices=("error", "drop"),
+        help="a label name outside the 14: stop (default) or drop the name and count it",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from hospitalnet.data.partition import format_summary, partition_dataset
 
+    check_output_folder(args.out)
     summary = partition_dataset(
         args.data,
         args.out,
@@ -53,6 +73,15 @@ def run(args: argparse.Namespace) -> int:
         skew=args.skew,
         seed=args.seed,
         local_test_fraction=args.local_test_fraction,
+        loader_options={
+            key: value
+            for key, value in (
+                ("on_missing_image", args.on_missing_image),
+                ("on_bad", args.on_bad),
+                ("unknown_labels", args.unknown_labels),
+            )
+            if value is not None
+        },
     )
     print(format_summary(summary))
     print(f"site manifests: {args.out / 'sites'}/<site>/<site>.yaml")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from hospitalnet import pki
+from hospitalnet.cli.paths import check_output_folder
 from hospitalnet.errors import NetworkError
 
 
@@ -41,12 +42,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_init(args: argparse.Namespace) -> int:
     if args.days <= 0:
         raise NetworkError(f"--days {args.days}: must be positive")
+    check_output_folder(args.out)
     cert, key = pki.create_ca(args.out, days=args.days)
     print(f"CA certificate: {cert}\nCA key (keep it private): {key}")
     return 0
 
 
 def run_issue(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        check_output_folder(args.out)
     hosts = args.host if args.host else ["127.0.0.1", "localhost"]
     cert, key = pki.issue_site_certificate(
         args.site, args.ca, args.out, hosts=hosts, days=args.days

@@ -19,6 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
+from hospitalnet.cli.paths import check_output_folder
 from hospitalnet.config import load_config
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     cfg = load_config(args.config)
+    check_output_folder(args.out)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

@@ -15,6 +15,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from hospitalnet.cli.paths import check_output_folder
 from hospitalnet.config import load_config
 from hospitalnet.errors import ConfigError
 
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     out = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    check_output_folder(out)
     t0 = time.perf_counter()
     command = "hospitalnet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     engine = args.engine or ("processes" if args.processes else "inprocess")

@@ -24,6 +24,7 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
+from hospitalnet.cli.paths import check_output_folder
 from hospitalnet.config import load_config
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     cfg = load_config(args.config)
     manifest, _ = load_manifest(args.manifest)
-    out = args.out or Path("runs") / f"site-{manifest.site}"
+    out = check_output_folder(args.out or Path("runs") / f"site-{manifest.site}")
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from hospitalnet.cli.paths import check_output_folder
 from hospitalnet.config import WorldConfig
 
 
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hospitalnet.data.synthetic import write_contact_sheet, write_world
 
+    check_output_folder(args.out)
     t0 = time.perf_counter()
     df = write_world(
         args.out, patients=args.patients, size=args.size, seed=args.seed, force=args.force

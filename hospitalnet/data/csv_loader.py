@@ -140,14 +140,11 @@ class CsvLoader(SiteLoader):
             return read_dicom(path, image_id=image_id)
         if suffix not in RASTER_SUFFIXES:
             raise BadImageError(image_id, f"unsupported file type {suffix!r} (PNG, JPEG or DICOM)")
-        image, colour = read_raster(path, image_id=image_id)
-        if colour:
-            if not self.notes_["colour images converted to gray"]:
-                logger.warning(
-                    "%s: colour images found; converted to gray (BT.601 luma) and counted",
-                    self.options.manifest,
-                )
-            self.notes_["colour images converted to gray"] += 1
+        image, note = read_raster(path, image_id=image_id)
+        if note:
+            if not self.notes_[note]:
+                logger.warning("%s: %s (counted in the data summary)", self.options.manifest, note)
+            self.notes_[note] += 1
         return image
 
     def _bad(self, err: BadImageError) -> None:

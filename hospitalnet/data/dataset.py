@@ -47,7 +47,7 @@ from hospitalnet.seeding import numpy_rng
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: 16-bit PNGs holding 12-bit values are rescaled (data/raster.py)
 
 
 @dataclass(frozen=True, eq=False)
@@ -389,9 +389,27 @@ def load_site(
     tensors = load_site_tensors(
         loader, image_size, cache_dir, name=manifest.site, progress=progress
     )
+    log_load_counts(manifest.site, tensors)
     return assign_local_split(
         tensors,
         test_fraction=manifest.split.test_fraction,
         seed=manifest.split.seed,
         site=manifest.site,
+    )
+
+
+def log_load_counts(site: str, tensors: SiteTensors) -> None:
+    """One line per site: images kept, skipped (by reason) and converted or dropped (by kind);
+    the same counts go into the run's ``data.json``. INFO when there is something to count
+    (stderr stays one line for a command that fails after loading clean data), else DEBUG."""
+    skipped = describe_counts(tensors.skip_reasons) or "none"
+    notes = describe_counts(tensors.notes) or "none"
+    level = logging.INFO if tensors.skip_reasons or tensors.notes else logging.DEBUG
+    logger.log(
+        level,
+        "site %s: %d image(s) loaded; skipped: %s; converted or dropped: %s",
+        site,
+        len(tensors),
+        skipped,
+        notes,
     )

@@ -132,7 +132,12 @@ def read_dicom(path: str | Path, *, image_id: str | None = None) -> np.ndarray:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds = _read_file(path, name)
-        _check_grayscale_image(ds, name)
+        try:
+            _check_grayscale_image(ds, name)
+        except (ValueError, TypeError, OverflowError):
+            # pydicom converts header values when they are read: a malformed number ("1A" in
+            # an IS element) raises here. The value itself is never echoed.
+            raise BadImageError(name, "malformed number in the DICOM header") from None
         stored = _decode_pixels(ds, name)
         image = _to_presentation(stored, ds, name)
     if caught:

@@ -26,6 +26,9 @@ Options (``data.options`` in a site manifest):
     ("test") when they exist. A ``split`` column of the image list takes precedence.
 ``on_missing_image``
     A CSV row whose PNG is not on disk: ``error`` (default) or ``skip`` (counted in ``skipped_``).
+``on_bad``
+    A PNG that cannot be decoded (truncated, not a PNG): ``error`` (default) or ``skip`` (left
+    out when the site's images are decoded and counted by reason, as the other loaders do).
 ``unknown_labels``
     A label name outside the 14 and their aliases: ``error`` (names label, CSV and row) or
     ``drop`` (the name is ignored and counted in ``notes_``).
@@ -168,6 +171,9 @@ class NihLoader(SiteLoader):
         )
         on_missing_image: Literal["error", "skip"] = Field(
             "error", description="a CSV row without its PNG: stop, or skip it and count it"
+        )
+        on_bad: Literal["error", "skip"] = Field(
+            "error", description="an unreadable PNG: stop with its error, or skip it and count it"
         )
         unknown_labels: Literal["error", "drop"] = Field(
             "error", description="an unknown label name: stop, or drop the name and count it"
@@ -343,7 +349,8 @@ class NihLoader(SiteLoader):
             if self.options.on_missing_image == "error":
                 raise DataError(
                     f"{csv_name}: {n} listed image(s) missing on disk under the data folder "
-                    f"(first {first}); set data.options.on_missing_image: skip to leave them out"
+                    f"(first {first}); to leave them out set data.options.on_missing_image: "
+                    "skip (hospitalnet partition: --on-missing-image skip)"
                 )
             self.skipped_[MISSING_ON_DISK] += n
             logger.warning("%s: skipped %d listed image(s) missing on disk", csv_name, n)
@@ -408,9 +415,11 @@ class NihLoader(SiteLoader):
         path = self._paths.get(image_id)
         if path is None:
             raise BadImageError(image_id, "not in this site's index")
-        image, colour = read_raster(path, image_id=image_id)
-        if colour:
-            self.notes_["colour images converted to gray"] += 1
+        image, note = read_raster(path, image_id=image_id)
+        if note:
+            if not self.notes_[note]:
+                logger.warning("%s: %s (counted in the data summary)", self.source, note)
+            self.notes_[note] += 1
         return image
 
     def fingerprint(self) -> str:

@@ -578,6 +578,10 @@ GLOBAL_HEADER = """\
 """
 
 
+# NihLoader options `hospitalnet partition` passes on (the others it sets itself).
+PARTITION_LOADER_OPTIONS = ("on_missing_image", "on_bad", "unknown_labels")
+
+
 def _manifest_paths(data_dir: Path, folder: Path) -> tuple[str, str]:
     """``data.root`` and ``options.image_list`` for a manifest in ``folder``.
 
@@ -600,6 +604,7 @@ def _write_site(
     entries: pd.DataFrame,
     rows: pd.DataFrame,
     data_dir: Path,
+    loader_options: dict[str, str],
 ) -> None:
     folder = out_dir / "sites" / site
     folder.mkdir(parents=True, exist_ok=True)
@@ -609,7 +614,11 @@ def _write_site(
     manifest: dict[str, Any] = {
         "site": site,
         "description": description,
-        "data": {"loader": "nih", "root": root, "options": {"image_list": image_list}},
+        "data": {
+            "loader": "nih",
+            "root": root,
+            "options": {"image_list": image_list, **loader_options},
+        },
     }
     if site != GLOBAL:
         manifest["network"] = network_identity(profile, site)
@@ -640,23 +649,33 @@ def partition_dataset(
     skew: float = 1.0,
     seed: int = 0,
     local_test_fraction: float = 0.2,
+    loader_options: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Partition the NIH-format folder ``data_dir`` into site folders under ``out_dir``.
 
     Reads ``data_dir`` through :class:`~hospitalnet.data.nih.NihLoader` (every listed PNG must be
-    on disk), writes the files listed in the module docstring, returns the summary (also written
-    as ``out_dir/partition.json``).
+    on disk unless ``loader_options`` say ``on_missing_image: skip``), writes the files listed in
+    the module docstring, returns the summary (also written as ``out_dir/partition.json``).
+    ``loader_options`` (``on_missing_image``, ``on_bad``, ``unknown_labels``) apply to this read
+    and are written into every manifest's ``data.options``, so the sites read the data the same
+    way.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     prof = get_profile(profile)
-    loader = NihLoader(str(data_dir), {"split_lists": True}, source=f"--data {data_dir}")
+    loader_options = dict(loader_options or {})
+    unknown = sorted(set(loader_options) - set(PARTITION_LOADER_OPTIONS))
+    if unknown:
+        raise ConfigError(f"partition: loader option(s) {', '.join(unknown)} cannot be set here")
+    loader = NihLoader(
+        str(data_dir), {"split_lists": True, **loader_options}, source=f"--data {data_dir}"
+    )
     index = loader.index()
     entries = loader.entries().set_index("Image Index", drop=False)
     part = build_partition(index, prof, skew, seed, local_test_fraction)
     summary = summarise(part)
     for s in prof.sites:
         rows = part.images[part.images["site"] == s.site]
-        _write_site(out_dir, s.site, s.description, prof, entries, rows, data_dir)
+        _write_site(out_dir, s.site, s.description, prof, entries, rows, data_dir, loader_options)
     _write_site(
         out_dir,
         GLOBAL,
@@ -665,6 +684,7 @@ def partition_dataset(
         entries,
         part.global_test,
         data_dir,
+        loader_options,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "partition.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

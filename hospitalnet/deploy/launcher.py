@@ -47,6 +47,7 @@ from hospitalnet.experiment import POOLED, train_method
 from hospitalnet.plan import NetworkPlan, write_plan
 from hospitalnet.rundir import RunDir, atomic_write_bytes
 from hospitalnet.rundir_schema import GLOBAL
+from hospitalnet.threads import child_environment, thread_budget
 from hospitalnet.topology import build_topology
 from hospitalnet.world import World, ensure_world, load_world
 
@@ -148,7 +149,7 @@ def start_node(
         "--cache",
         str(layout.cache_dir),
         "--threads",
-        "1",
+        str(_budget(layout)),
     ]
     if resume:
         argv.append("--resume")
@@ -204,18 +205,26 @@ def start_server(layout: NetworkLayout, method: str, *, resume: bool = False) ->
         "--method",
         method,
         "--threads",
-        "1",
+        str(_budget(layout)),
     ]
     return _spawn(argv + (["--resume"] if resume else []), node_dir)
 
 
+def _budget(layout: NetworkLayout) -> int:
+    """torch threads per process: the cores shared by every site and the server (usually 1)."""
+    return thread_budget(len(layout.sites) + 1)
+
+
+def _threads_of(args: list[str]) -> int:
+    return int(args[args.index("--threads") + 1]) if "--threads" in args else 1
+
+
 def _spawn(args: list[str], node_dir: Path) -> subprocess.Popen:
-    """``python -m hospitalnet ARGS`` with one torch thread, logging next to ``node_dir``."""
+    """``python -m hospitalnet ARGS`` with its thread budget, logging next to ``node_dir``."""
     node_dir.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
+    env = child_environment(_threads_of(args))
     package_parent = str(Path(hospitalnet.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
-    env["OMP_NUM_THREADS"] = "1"
     with open(node_dir.parent / f"{node_dir.name}.log", "ab") as log_file:
         return subprocess.Popen(
             [sys.executable, "-m", "hospitalnet", *args],

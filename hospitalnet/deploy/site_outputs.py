@@ -213,6 +213,8 @@ def _data(run: SiteProcess) -> DataSummary:
                 train_images=len(data.train),
                 test_images=len(data.local_test),
                 prevalence=_prevalence(data.train),
+                skipped=data.skipped,
+                converted=data.converted,
             )
         },
         **shared,

@@ -152,6 +152,8 @@ class SiteData:
     train: Split
     local_test: Split
     global_test: Split | None
+    skipped: dict[str, int] = field(default_factory=dict)  # images left out, by reason
+    converted: dict[str, int] = field(default_factory=dict)  # converted or dropped, by kind
 
 
 def load_site_data(opts: SiteRunOptions, cfg: ExperimentConfig) -> SiteData:
@@ -173,7 +175,14 @@ def load_site_data(opts: SiteRunOptions, cfg: ExperimentConfig) -> SiteData:
         if gm is not None
         else None
     )
-    return SiteData(manifest, train, local_test, global_test)
+    return SiteData(
+        manifest,
+        train,
+        local_test,
+        global_test,
+        dict(tensors.skip_reasons),
+        dict(tensors.notes),
+    )
 
 
 @dataclass
