@@ -97,6 +97,9 @@ def site_rules(cfg: ExperimentConfig, clock: Literal["steps", "seconds"]) -> Sit
             net.inactive_after if clock == "steps" else cfg.deploy.inactive_after_s
         ),
         max_nonfinite_steps=net.max_nonfinite_steps,
+        # a deployment learns each edge's D from the gaps between its messages (RFC 6298 style,
+        # floor inactive_after_s, cap inactive_cap_s); the simulation keeps the fixed D
+        inactive_cap=cfg.deploy.inactive_cap_s if clock == "seconds" else None,
     )
 
 
