@@ -155,6 +155,78 @@ def throughput(data: dict[str, Any]) -> str:
     return table(["comparison", "ratio", "images/s", "FLOP/s"], rows)
 
 
+def interval(stat: dict[str, Any] | None, digits: int = 3) -> str:
+    """``mean [low, high]`` of a paired record (benchmarks._common.paired)."""
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    if stat.get("low") is None:
+        return f"{stat['mean']:+.{digits}f}"
+    return f"{stat['mean']:+.{digits}f} [{stat['low']:+.{digits}f}, {stat['high']:+.{digits}f}]"
+
+
+def ecl_diagnostics(data: dict[str, Any]) -> str:
+    rows = []
+    for v, d in data["variants"].items():
+        rows.append(
+            [v, pm(d["mean_site"]), pm(d["worst_site"]), pm(d["averaged"]),
+             f"{d['brier']['mean']:.5f}", f"{d['consensus_distance']['mean']:.1e}",
+             f"{d['wall_s']['mean']:.0f}"]
+        )  # fmt: skip
+    out = table(
+        ["variant", "mean site", "worst site", "averaged model", "Brier", "consensus dist.",
+         "s/run"], rows,
+    )  # fmt: skip
+    prows = [
+        [k, interval(v["mean_site"]), interval(v["worst_site"]), interval(v["brier"], 5)]
+        for k, v in data["paired"].items()
+        if k.startswith("ecl")  # ECL and its variants against the references
+    ]
+    seeds = len(data.get("seeds", []))
+    return (
+        out
+        + f"\n\nPaired differences over {seeds} seed(s), 95% t-intervals:\n\n"
+        + table(["difference", "mean site", "worst site", "Brier"], prows)
+    )
+
+
+def ecl_dynamics(data: dict[str, Any]) -> str:
+    parts = []
+    if "common_mode_speed" in data:
+        rows = [
+            [m, pm(v["default_latency"]), pm(v["no_latency"]),
+             pm(data.get("noise", {}).get(m, {}).get("noise_ratio")),
+             pm(data.get("noise", {}).get(m, {}).get("consensus_distance"))]
+            for m, v in data["common_mode_speed"].items()
+        ]  # fmt: skip
+        parts.append(
+            table(
+                [
+                    "method",
+                    "common-mode speed (latency 0.5-3)",
+                    "(no latency)",
+                    "noise ratio",
+                    "consensus distance",
+                ],
+                rows,
+            )  # fmt: skip
+        )
+    if "digits" in data:
+        dg = data["digits"]
+        rows = [
+            [m, pm(v["mean_accuracy"]), pm(v["worst_accuracy"])] for m, v in dg["methods"].items()
+        ]
+        parts.append(
+            f"Class-split digits, {dg['steps']} steps, {len(dg['seeds'])} seed(s):\n\n"
+            + table(["method", "mean site accuracy", "worst site accuracy"], rows)
+            + "\n\n"
+            + table(
+                ["paired difference", "mean [95% CI]"],
+                [[k, interval(v, 4)] for k, v in dg["paired"].items()],
+            )  # fmt: skip
+        )
+    return "\n\n".join(parts)
+
+
 def learnability(data: dict[str, Any]) -> str:
     runs = data["runs"]
     labels = list(runs[0]["labels"]) if runs else []
@@ -181,7 +253,8 @@ def main() -> int:
         except (OSError, json.JSONDecodeError) as err:
             print(f"skipping {path.name}: {err}", file=sys.stderr)
             continue
-        if isinstance(data, dict) and data.get("benchmark") and not data.get("smoke"):
+        ecl = path.stem.startswith(("ecl_diagnostics", "ecl_dynamics"))  # no "benchmark" key
+        if isinstance(data, dict) and (data.get("benchmark") or ecl) and not data.get("smoke"):
             found[path.stem] = data
     sections = []
     for stem, data in found.items():  # accuracy.json, then e.g. accuracy_isvr.json
@@ -196,7 +269,12 @@ def main() -> int:
         data = found.get(stem)
         if data and part in data:
             sections.append((f"Sweep: {field}", sweep(data, part, field), data))
+    for stem, data in found.items():
+        if stem.startswith("ecl_diagnostics"):
+            where = stem.removeprefix("ecl_diagnostics").strip("_") or "default"
+            sections.append((f"ECL diagnostics ({where} world)", ecl_diagnostics(data), data))
     for stem, title, render in (
+        ("ecl_dynamics", "ECL dynamics (known answers)", ecl_dynamics),
         ("communication", "Communication", communication),
         ("throughput", "Throughput", throughput),
         ("learnability", "Learnability (pooled, per label, global test set)", learnability),
