@@ -43,6 +43,7 @@ from hospitalnet.algorithms import SERVER, make_algorithm
 from hospitalnet.assembly import initial_model
 from hospitalnet.config import ExperimentConfig, dump_config
 from hospitalnet.deploy.collect import MethodRun, collect_method, write_network_run
+from hospitalnet.deploy.site_process import TEST_EXIT_AT_STEP
 from hospitalnet.experiment import POOLED, train_method
 from hospitalnet.plan import NetworkPlan, write_plan
 from hospitalnet.rundir import RunDir, atomic_write_bytes
@@ -126,10 +127,13 @@ def start_node(
     *,
     resume: bool = False,
     start_file: Path | None = None,
+    test_exit_at_step: int | None = None,
 ) -> subprocess.Popen:
     """Start ``hospitalnet site run`` for ``site`` as a child process (log next to its folder).
 
-    With ``start_file`` the site waits, once ready, until :func:`release_start` writes it."""
+    With ``start_file`` the site waits, once ready, until :func:`release_start` writes it.
+    ``test_exit_at_step`` (tests only): the child kills itself with SIGKILL right after that
+    local step, a crash at a deterministic point (see ``site_process.TEST_EXIT_AT_STEP``)."""
     argv = [
         "site",
         "run",
@@ -155,7 +159,8 @@ def start_node(
         argv.append("--resume")
     if start_file is not None:
         argv += ["--start-file", str(start_file)]
-    return _spawn(argv, layout.node_dir(method, site))
+    extra = {} if test_exit_at_step is None else {TEST_EXIT_AT_STEP: str(int(test_exit_at_step))}
+    return _spawn(argv, layout.node_dir(method, site), extra)
 
 
 def release_start(
@@ -219,10 +224,13 @@ def _threads_of(args: list[str]) -> int:
     return int(args[args.index("--threads") + 1]) if "--threads" in args else 1
 
 
-def _spawn(args: list[str], node_dir: Path) -> subprocess.Popen:
+def _spawn(
+    args: list[str], node_dir: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """``python -m hospitalnet ARGS`` with its thread budget, logging next to ``node_dir``."""
     node_dir.parent.mkdir(parents=True, exist_ok=True)
     env = child_environment(_threads_of(args))
+    env.update(extra_env or {})
     package_parent = str(Path(hospitalnet.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
     with open(node_dir.parent / f"{node_dir.name}.log", "ab") as log_file:

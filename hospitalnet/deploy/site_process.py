@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -78,6 +80,10 @@ from hospitalnet.training.torch_objectives import predict_proba
 from hospitalnet.transport.base import Transport
 from hospitalnet.transport.grpc import GrpcTransport
 from hospitalnet.world import Split
+
+#: Tests only: a site process whose environment sets this kills itself with SIGKILL right after
+#: that local step (a crash at a deterministic point; ``launcher.start_node(test_exit_at_step=)``).
+TEST_EXIT_AT_STEP = "HOSPITALNET_TEST_EXIT_AT_STEP"
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +226,7 @@ class SiteProcess:
         self.run = RunDir(opts.out)
         self.ckpt_dir = self.run.root / "checkpoints"
         self.record = SiteRecord()
+        self.test_exit_at = int(os.environ.get(TEST_EXIT_AT_STEP, "0")) or None
         # ---- the site, built as every runner builds it (hospitalnet.assembly) ----
         self.flat = initial_model(cfg)
         self.algorithm = make_algorithm(opts.method, cfg.ecl, cfg.fedprox, cfg.training)
@@ -391,6 +398,8 @@ class SiteProcess:
                 hear_heartbeats(node.book, self.transport, self.clock())
             result = node.tick()
             if result is TickResult.STEPPED:
+                if node.step == self.test_exit_at:  # tests only: a crash at a known step
+                    os.kill(os.getpid(), signal.SIGKILL)
                 rec.step_seconds.append(time.monotonic() - t)
                 self.maybe_evaluate()
                 if d.checkpoint_every and node.step - last_ckpt_step >= d.checkpoint_every:

@@ -34,8 +34,9 @@ def world_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("deploy-world") / "world"
 
 
-def tiny_config(world_cache: Path, **deploy: float) -> ExperimentConfig:
-    """configs/quick.yaml-sized settings, slowed to 20 steps/s so faults land mid-training."""
+def tiny_config(world_cache: Path, patients: int = 300, **deploy: float) -> ExperimentConfig:
+    """configs/quick.yaml-sized settings, slowed to 20 steps/s so faults land mid-training
+    (``patients``: a larger world gives a larger shared test set)."""
     settings = {
         "inactive_after_s": 2.0,
         "heartbeat_interval_s": 0.3,
@@ -52,7 +53,7 @@ def tiny_config(world_cache: Path, **deploy: float) -> ExperimentConfig:
     return ExperimentConfig(
         seed=0,
         methods=["ecl"],
-        world=WorldConfig(patients=300, image_size=48, cache_dir=str(world_cache)),
+        world=WorldConfig(patients=patients, image_size=48, cache_dir=str(world_cache)),
         data=DataConfig(image_size=32),
         model=ModelConfig(width=8),
         training=TrainingConfig(local_steps=steps, batch_size=16, eval_points=2),
@@ -76,8 +77,8 @@ def sub_network(layout: NetworkLayout, sites: list[str], edges: list[tuple[str, 
 
 @pytest.fixture
 def network(world_cache: Path, tmp_path: Path) -> Callable[..., tuple[NetworkLayout, object]]:
-    def make(**deploy: float):
-        cfg = tiny_config(world_cache, **deploy)
+    def make(patients: int = 300, **deploy: float):
+        cfg = tiny_config(world_cache, patients, **deploy)
         layout, world = prepare_network(cfg, tmp_path / "run")
         return cfg, layout, world
 
