@@ -25,6 +25,7 @@ checks the script on configs/quick.yaml with one seed (output in a temporary fol
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -146,8 +147,9 @@ def plot(rows: dict[int, dict[str, dict[str, Any]]], variants: list[str], path: 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for v in variants:
         curves = [rows[s][v]["curve"] for s in rows]
-        x = [p["local_steps"] for p in curves[0]]
-        y = np.mean([[p["mean_site"] for p in c] for c in curves], axis=0)
+        n = min(len(c) for c in curves)  # a run whose sites finish late has one more point
+        x = [p["local_steps"] for p in curves[0][:n]]
+        y = np.mean([[p["mean_site"] for p in c[:n]] for c in curves], axis=0)
         ax.plot(x, y, marker="o", ms=3, label=v)
     ax.set_xlabel("local steps")
     ax.set_ylabel("mean site macro AUROC (global test)")
@@ -167,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--world-seed", type=int, default=None)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out")
+    ap.add_argument("--resume", action="store_true", help="keep the seeds already in --out")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     variants = args.variants.split(",")
@@ -181,8 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     worlds = Worlds(progress=False)
     out = output_path(args.out, "ecl_diagnostics.json", smoke=args.smoke)
     rows: dict[int, dict[str, dict[str, Any]]] = {}
+    if args.resume and out.exists():
+        done = json.loads(out.read_text())
+        if done.get("command", "").split(" --resume")[0] != command().split(" --resume")[0]:
+            ap.error(f"--resume: {out} was made by another command")
+        rows = {int(k): v for k, v in done["runs"].items() if set(variants) <= set(v)}
     t0 = time.perf_counter()
     for seed in seeds:
+        if seed in rows:
+            continue
         cfg = with_overrides(base, seed=seed)  # type: ignore[arg-type]
         world = worlds.get(cfg)
         rows[seed] = {}

@@ -67,7 +67,9 @@ def test_assembly_simulation_and_site_run_build_equal_contexts_for_every_site(
     for site, node in deployed.items():
         sim, dep = simulated.contexts[site], node.context
         assert torch.equal(sim.w0, dep.w0), site
-        assert {**vars(sim), "w0": None} == {**vars(dep), "w0": None}, site
+        assert torch.equal(sim.coupling_scale, dep.coupling_scale), site
+        tensors = {"w0": None, "coupling_scale": None}
+        assert {**vars(sim), **tensors} == {**vars(dep), **tensors}, site
         assert node.rules.staleness_bound == cfg.network.staleness_bound
         assert node.rules.inactive_after == cfg.deploy.inactive_after_s
         assert node.steps == cfg.training.local_steps and node.linger == cfg.network.linger
