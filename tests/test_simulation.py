@@ -106,8 +106,8 @@ def test_same_seed_is_bit_identical_and_another_seed_differs():
 def test_golden_value_pins_the_whole_pipeline():
     result = run(steps=200, network=NetworkConfig(drop_prob=0.1))
     # recorded from this implementation; any change to arithmetic, scheduling or seeding shows here
-    # (re-recorded for the two-way ecl; the PDMM ecl gave 0.7091666907072067)
-    assert float(result.params["n1"].double().sum()) == pytest.approx(0.6920427531003952, abs=1e-9)
+    # (re-recorded for the two-way ecl with its dual warm-up; the PDMM ecl gave 0.7091666907072067)
+    assert float(result.params["n1"].double().sum()) == pytest.approx(0.6941540986299515, abs=1e-9)
 
 
 # ---- duplicated, reordered, stale messages ----------------------------------------------------
@@ -147,7 +147,7 @@ def test_messages_held_back_longer_than_the_staleness_bound_are_dropped():
 
 def test_a_slow_site_is_not_treated_as_stale_and_catches_up_with_the_others():
     net = NetworkConfig(site_speed={"n4": 0.3})
-    result = run(objectives=sites(), steps=1200, network=net)
+    result = run(objectives=sites(), steps=2400, network=net)
     assert sum(s.stale for s in result.edge_stats.values()) == 0
     assert result.finish_time["n4"] > 3 * result.finish_time["n1"]
     # the others finished long before; they keep exchanging duals (linger) so n4 is not alone
