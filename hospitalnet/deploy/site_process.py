@@ -64,6 +64,7 @@ from hospitalnet.deploy.liveness import (
     wait_for_start,
 )
 from hospitalnet.errors import ConfigError, DataError
+from hospitalnet.messages import MessageKind
 from hospitalnet.pki import credentials_from_identity, site_credentials
 from hospitalnet.plan import NetworkPlan, plan_from_manifest
 from hospitalnet.rundir import RunDir, read_arrays
@@ -79,6 +80,7 @@ from hospitalnet.site import Event, SiteFailure, TickResult
 from hospitalnet.training.torch_objectives import predict_proba
 from hospitalnet.transport.base import Transport
 from hospitalnet.transport.grpc import GrpcTransport
+from hospitalnet.transport.grpc_wire import PayloadSizes
 from hospitalnet.world import Split
 
 #: Tests only: a site process whose environment sets this kills itself with SIGKILL right after
@@ -89,9 +91,9 @@ log = logging.getLogger(__name__)
 
 _IDLE_SLEEP_S = 0.005
 
-#: builds a site's transport from (site, neighbours, model fingerprint, numel): another engine's
+#: builds a site's transport from (site, neighbours, model fingerprint, payload sizes): another engine's
 #: messaging (:mod:`hospitalnet.transport.nvflare`) instead of gRPC
-TransportFactory = Callable[[str, tuple[str, ...], str, int], Transport]
+TransportFactory = Callable[[str, tuple[str, ...], str, PayloadSizes], Transport]
 
 
 @dataclass(frozen=True)
@@ -240,9 +242,14 @@ class SiteProcess:
         # a plan this site cannot use (e.g. sizes missing) fails before any socket opens
         site_context(self.site, self.plan, cfg, self.algorithm, w0, len(data.train))
         neighbours = site_neighbours(self.site, self.plan, self.algorithm)
+        # elements per payload kind on the wire (an ECL request is [w, lam]: twice the model)
+        self.payload_sizes = {
+            kind: self.algorithm.payload_spec(kind, w0)[0]
+            for kind in (MessageKind.DUAL, MessageKind.MODEL)
+        }
         if transport is None and transport_factory is not None and neighbours:
             transport = transport_factory(
-                self.site, neighbours, self.flat.fingerprint(), self.flat.numel
+                self.site, neighbours, self.flat.fingerprint(), self.payload_sizes
             )
         self.transport = transport or self._grpc_transport(neighbours)
         try:
@@ -292,7 +299,7 @@ class SiteProcess:
             {j: addresses[j] for j in neighbours},
             creds,
             self.flat.fingerprint(),
-            self.flat.numel,
+            self.payload_sizes,
             transport_limits(self.cfg),
         )
 

@@ -67,12 +67,15 @@ from hospitalnet.transport.grpc_wire import (
     PB_TO_KIND,
     PROTOCOL_VERSION,  # noqa: F401 (re-exported: imported from here by tests)
     SERVICE,
+    PayloadSizes,
     Rejected,
     check_header,
     decode_payload,
     heartbeat_envelope,
+    kind_sizes,
     payload_bytes,
     same_header,
+    size_of,
 )
 from hospitalnet.transport.grpc_wire import envelopes as wire_envelopes
 from hospitalnet.transport.proto import hospitalnet_pb2 as pb
@@ -175,19 +178,18 @@ class GrpcTransport(Transport):
         neighbours: dict[str, str],
         credentials: TlsCredentials,
         model_fingerprint: str,
-        numel: int,
+        numel: PayloadSizes,
         limits: TransportLimits | None = None,
     ) -> None:
         if credentials.site != site:
             raise NetworkError(f"certificate is for site {credentials.site!r}, not {site!r}")
         if site in neighbours:
             raise NetworkError(f"site {site!r} lists itself as a neighbour")
-        if numel <= 0:
-            raise ValueError("numel must be positive")
+        self.sizes = kind_sizes(numel)  # raises on a size <= 0
         self.site = site
         self.neighbours = dict(neighbours)
         self.model_fingerprint = model_fingerprint
-        self.numel = int(numel)
+        self.numel = max(self.sizes.values())  # the largest payload a message can carry
         self.limits = limits or TransportLimits()
         self.incarnation = time.time_ns()
         self._lock = threading.Lock()  # inbox, stats, replay marks
@@ -230,7 +232,7 @@ class GrpcTransport(Transport):
             raise ValueError(f"{message.receiver!r} is not a neighbour of {self.site!r}")
         if not (0 <= message.step < 2**63 and 1 <= message.seq < 2**63):
             raise ValueError(f"step {message.step} / seq {message.seq} out of range")
-        data = payload_bytes(message, self.numel)
+        data = payload_bytes(message, self.sizes.get(message.kind, 0))
         if self._closing.is_set():
             with self._lock:
                 self._edge_stats(self.site, message.receiver).dropped += 1
@@ -551,7 +553,7 @@ class GrpcTransport(Transport):
             site=self.site,
             neighbours=self.neighbours,
             fingerprint=self.model_fingerprint,
-            numel=self.numel,
+            numel=size_of(self.sizes, env.kind),
         )
 
     def _handle_heartbeat(self, request: bytes, context: grpc.ServicerContext) -> pb.Ack:
@@ -610,7 +612,8 @@ class GrpcTransport(Transport):
                     self._check_header(env, peer)
                     count = env.schema.chunk_count
                     if env.kind != pb.KIND_HEARTBEAT:
-                        expected = self.numel * DTYPES[env.schema.dtype][0].itemsize
+                        expected = size_of(self.sizes, env.kind)
+                        expected *= DTYPES[env.schema.dtype][0].itemsize
                     if env.schema.chunk_index != 0 or not 1 <= count <= max(1, expected):
                         raise Rejected("chunking")
                     first = env

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -42,6 +43,27 @@ class Rejected(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+PayloadSizes = int | Mapping[MessageKind, int]
+
+
+def kind_sizes(numel: PayloadSizes) -> dict[MessageKind, int]:
+    """Elements per payload kind: one size for every kind (the flat model), or per kind (an ECL
+    request carries ``[w, lam]``: twice the model; compressed duals are shorter)."""
+    if isinstance(numel, int):
+        sizes = {MessageKind.DUAL: int(numel), MessageKind.MODEL: int(numel)}
+    else:
+        sizes = {k: int(v) for k, v in numel.items()}
+    if not sizes or min(sizes.values()) <= 0:
+        raise ValueError("payload sizes must be positive")
+    return sizes
+
+
+def size_of(sizes: Mapping[MessageKind, int], kind_pb: int) -> int:
+    """The expected elements of a wire kind (0 for heartbeats and kinds this site never takes)."""
+    kind = PB_TO_KIND.get(kind_pb)
+    return 0 if kind is None else sizes.get(kind, 0)
 
 
 def payload_bytes(message: Message, numel: int) -> bytes:

@@ -61,13 +61,16 @@ from hospitalnet.transport.grpc import (
 from hospitalnet.transport.grpc_wire import (
     DTYPES,
     PB_TO_KIND,
+    PayloadSizes,
     Rejected,
     check_header,
     decode_payload,
     envelopes,
     heartbeat_envelope,
+    kind_sizes,
     payload_bytes,
     same_header,
+    size_of,
 )
 from hospitalnet.transport.proto import hospitalnet_pb2 as pb
 
@@ -106,18 +109,17 @@ class AuxTransport(Transport):
         site: str,
         neighbours: tuple[str, ...] | list[str],
         model_fingerprint: str,
-        numel: int,
+        numel: PayloadSizes,
         post: Post,
         limits: TransportLimits | None = None,
     ) -> None:
         if site in neighbours:
             raise ValueError(f"site {site!r} lists itself as a neighbour")
-        if numel <= 0:
-            raise ValueError("numel must be positive")
+        self.sizes = kind_sizes(numel)  # raises on a size <= 0
         self.site = site
         self.neighbours = tuple(neighbours)
         self.model_fingerprint = model_fingerprint
-        self.numel = int(numel)
+        self.numel = max(self.sizes.values())  # the largest payload a message can carry
         self.limits = limits or TransportLimits()
         self.incarnation = time.time_ns()
         self._post = post
@@ -148,7 +150,7 @@ class AuxTransport(Transport):
             raise ValueError(f"{message.receiver!r} is not a neighbour of {self.site!r}")
         if not (0 <= message.step < 2**63 and 1 <= message.seq < 2**63):
             raise ValueError(f"step {message.step} / seq {message.seq} out of range")
-        data = payload_bytes(message, self.numel)
+        data = payload_bytes(message, self.sizes.get(message.kind, 0))
         with edge.cond:
             replaced = edge.outbox.pop(message.kind, None)
             edge.outbox[message.kind] = (message, data)
@@ -386,13 +388,13 @@ class AuxTransport(Transport):
             site=self.site,
             neighbours=self.neighbours,
             fingerprint=self.model_fingerprint,
-            numel=self.numel,
+            numel=size_of(self.sizes, first.kind),
         )
         kind = PB_TO_KIND[first.kind]
         expected = (
             0
             if kind is MessageKind.HEARTBEAT
-            else self.numel * DTYPES[first.schema.dtype][0].itemsize
+            else size_of(self.sizes, first.kind) * DTYPES[first.schema.dtype][0].itemsize
         )
         if first.schema.chunk_index != 0 or first.schema.chunk_count != len(envs):
             raise Rejected("chunking")

@@ -125,6 +125,32 @@ def test_two_sites_exchange_bit_exact_over_mtls_and_count_bytes(net_pki):
                 t.close()
 
 
+def test_payload_sizes_per_kind_carry_an_ecl_request_and_answer(net_pki):
+    # an ecl request is [w, lam] (2n), its answer d (n): each kind is checked against its size
+    n = 1_000
+    sizes = {MessageKind.DUAL: 2 * n, MessageKind.MODEL: n}
+    port_a, port_b = free_port(), free_port()
+    a = b = None
+    try:
+        a = transport(net_pki, "a", port_a, {"b": port_b}, numel=sizes)
+        b = transport(net_pki, "b", port_b, {"a": port_a}, numel=sizes)
+        request, answer = torch.randn(2 * n), torch.randn(n)
+        a.send(Message("a", "b", MessageKind.DUAL, 1, 1, request))
+        got: list[Message] = []
+        assert wait_until(lambda: got.extend(b.poll()) or len(got) == 1, 20)
+        assert torch.equal(got[0].payload, request)
+        b.send(Message("b", "a", MessageKind.MODEL, 1, 1, answer))
+        got = []
+        assert wait_until(lambda: got.extend(a.poll()) or len(got) == 1, 20)
+        assert torch.equal(got[0].payload, answer)
+        with pytest.raises(ValueError, match="2000 elements"):  # a model-sized request
+            a.send(Message("a", "b", MessageKind.DUAL, 2, 2, answer))
+    finally:
+        for t in (a, b):
+            if t is not None:
+                t.close()
+
+
 @pytest.mark.timeout(30)
 def test_send_refuses_messages_the_edge_cannot_carry(receiver):
     a, _ = receiver

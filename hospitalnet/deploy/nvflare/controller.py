@@ -47,6 +47,7 @@ from hospitalnet.deploy.nvflare.executor import app_config_dir, resolve
 from hospitalnet.deploy.server_process import ServerRunOptions, run_server
 from hospitalnet.plan import load_plan
 from hospitalnet.transport.base import Transport
+from hospitalnet.transport.grpc_wire import PayloadSizes
 from hospitalnet.transport.nvflare import TOPIC, AuxLink, AuxTransport, multicast
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ class HospitalnetController(Controller):
         limits = transport_limits(cfg)
 
         def aux_transport(
-            name: str, neighbours: tuple[str, ...], fingerprint: str, numel: int
+            name: str, neighbours: tuple[str, ...], fingerprint: str, numel: PayloadSizes
         ) -> Transport:
             transport = AuxTransport(name, neighbours, fingerprint, numel, link.post, limits)
             link.attach(transport)

@@ -42,6 +42,7 @@ from hospitalnet.errors import ConfigError, HospitalnetError
 from hospitalnet.plan import load_plan
 from hospitalnet.rundir import atomic_write_bytes
 from hospitalnet.transport.base import Transport
+from hospitalnet.transport.grpc_wire import PayloadSizes
 from hospitalnet.transport.nvflare import TOPIC, AuxLink, AuxTransport, multicast
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class HospitalnetExecutor(Executor):
             link.aliases[server_identity] = SERVER
 
         def aux_transport(
-            name: str, neighbours: tuple[str, ...], fingerprint: str, numel: int
+            name: str, neighbours: tuple[str, ...], fingerprint: str, numel: PayloadSizes
         ) -> Transport:
             transport = AuxTransport(name, neighbours, fingerprint, numel, link.post, limits)
             link.attach(transport)
