@@ -38,7 +38,7 @@ import torch  # noqa: E402
 
 from benchmarks._common import command, machine, output_path, paired, save, spread  # noqa: E402
 from hospitalnet.config import NetworkConfig, TrainingConfig  # noqa: E402
-from hospitalnet.objective import QuadraticObjective  # noqa: E402
+from hospitalnet.objective import LinearObjective, QuadraticObjective  # noqa: E402
 from hospitalnet.seeding import torch_generator  # noqa: E402
 from hospitalnet.simulation import run_network, run_pooled  # noqa: E402
 
@@ -56,23 +56,10 @@ DIGITS_METHODS = ["ecl", "ecl-pdmm-damped", "gossip", "fedavg"]
 NO_LATENCY = NetworkConfig(latency_steps=(0.0, 0.0))
 
 
-class Linear:
-    """f(w) = g.w at every site: a pure common mode."""
-
-    def __init__(self, g: torch.Tensor, n: int) -> None:
-        self.g, self.num_samples = g, n
-
-    def init_params(self) -> torch.Tensor:
-        return torch.zeros_like(self.g)
-
-    def loss_and_grad(self, w: torch.Tensor) -> tuple[float, torch.Tensor]:
-        return float(torch.dot(self.g, w)), self.g.clone()
-
-
 def common_mode_speed(method: str, network: NetworkConfig, steps: int, seed: int) -> float:
     g = torch.randn(16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     lr = 0.1
-    objectives = {s: Linear(g, 100) for s in SITES}  # equal sizes: every weight 1
+    objectives = {s: LinearObjective(g, 100) for s in SITES}  # equal sizes: every weight 1
     train = TrainingConfig(lr=lr, weight_decay=0.0)
     result = run_network(method, objectives, "multiplex_ring", steps, seed, training=train,
                          network=network)  # fmt: skip

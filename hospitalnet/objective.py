@@ -91,3 +91,22 @@ class QuadraticObjective:
             )
             grad.add_(noise, alpha=self.noise)
         return loss, grad
+
+
+class LinearObjective:
+    """``f(w) = g . w``: the same constant gradient ``g`` wherever ``w`` is.
+
+    Given to every site, it is a pure common mode (all sites want the same step): plain SGD moves
+    by ``-mu g`` per step, so it measures how fast a method moves what every site agrees on
+    (benchmarks/ecl_dynamics.py, the exchange-conservation test).
+    """
+
+    def __init__(self, g: torch.Tensor, num_samples: int = 1) -> None:
+        self.g = g.reshape(-1).contiguous()
+        self.num_samples = int(num_samples)
+
+    def init_params(self) -> torch.Tensor:
+        return torch.zeros_like(self.g)
+
+    def loss_and_grad(self, w: torch.Tensor) -> tuple[float, torch.Tensor]:
+        return float(torch.dot(self.g, w)), self.g.clone()

@@ -11,7 +11,7 @@ import torch
 from hospitalnet.config import ECLConfig, NetworkConfig, TopologyConfig, TrainingConfig
 from hospitalnet.errors import ConfigError
 from hospitalnet.messages import ENVELOPE_BYTES
-from hospitalnet.objective import QuadraticObjective
+from hospitalnet.objective import LinearObjective, QuadraticObjective
 from hospitalnet.seeding import numpy_rng, torch_generator
 from hospitalnet.simulation import run_network
 from hospitalnet.topology import build_topology
@@ -36,19 +36,6 @@ def quadratic_sites(seed=0, noise=0.0, sites=SITES, sizes=SIZES, dtype=torch.flo
         for k, s in enumerate(sites)
     }
     return objectives, centres.double()
-
-
-class LinearObjective:
-    """f(w) = g.w with the same g at every site: a common mode and nothing else."""
-
-    def __init__(self, g, num_samples):
-        self.g, self.num_samples = g, num_samples
-
-    def init_params(self):
-        return torch.zeros_like(self.g)
-
-    def loss_and_grad(self, w):
-        return float(torch.dot(self.g, w)), self.g.clone()
 
 
 def weighted_mean(centres, sizes):
