@@ -7,18 +7,17 @@ Column names are options, so an existing export can be read without rewriting it
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import Field
 
 from hospitalnet.config import Section
-from hospitalnet.data.base import SiteLoader
 from hospitalnet.data.dicom import read_dicom
+from hospitalnet.data.file_loader import ImageFileLoader, on_bad_option, unknown_labels_option
 from hospitalnet.data.indexing import (
     BadImageError,
     IndexRows,
@@ -28,8 +27,6 @@ from hospitalnet.data.indexing import (
 )
 from hospitalnet.data.raster import RASTER_SUFFIXES, read_raster
 from hospitalnet.errors import DataError
-
-logger = logging.getLogger(__name__)
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
@@ -45,7 +42,7 @@ class CsvColumns(Section):
     image_id: str = Field("image_id", description="optional; else the file's base name")
 
 
-class CsvLoader(SiteLoader):
+class CsvLoader(ImageFileLoader):
     """Images listed in a manifest CSV; PNG/JPEG through Pillow, ``.dcm`` through read_dicom.
 
     Paths must be relative to the data root and stay inside it (no ``..``, not absolute). Image
@@ -55,26 +52,13 @@ class CsvLoader(SiteLoader):
 
     name = "csv"
 
-    class Options(SiteLoader.Options):
+    class Options(ImageFileLoader.Options):
         manifest: str = Field("manifest.csv", description="manifest CSV file in the data root")
         columns: CsvColumns = CsvColumns()
-        on_bad: Literal["error", "skip"] = Field(
-            "error", description="bad image: stop with its error, or skip it and count it"
-        )
-        unknown_labels: Literal["error", "drop"] = Field(
-            "error", description="unknown label name: stop, or drop the name and count it"
-        )
+        on_bad: Literal["error", "skip"] = on_bad_option()
+        unknown_labels: Literal["error", "drop"] = unknown_labels_option()
 
     options: Options
-
-    def __init__(
-        self, root: str, options: dict[str, Any] | None = None, *, source: str = ""
-    ) -> None:
-        super().__init__(root, options, source=source)
-        self.root_path = Path(root)
-        self.skipped_: Counter[str] = Counter()
-        self.notes_: Counter[str] = Counter()
-        self._paths: dict[str, Path] | None = None
 
     def _read_manifest(self) -> tuple[pd.DataFrame, list[Path]]:
         name, cols = self.options.manifest, self.options.columns
@@ -129,12 +113,7 @@ class CsvLoader(SiteLoader):
         return index
 
     def read_image(self, image_id: str) -> np.ndarray:
-        if self._paths is None:
-            self.index()
-        assert self._paths is not None
-        path = self._paths.get(image_id)
-        if path is None:
-            raise BadImageError(image_id, "not in this site's index")
+        path = self._indexed_path(image_id)
         suffix = path.suffix.lower()
         if suffix in DICOM_SUFFIXES:
             return read_dicom(path, image_id=image_id)
@@ -142,13 +121,5 @@ class CsvLoader(SiteLoader):
             raise BadImageError(image_id, f"unsupported file type {suffix!r} (PNG, JPEG or DICOM)")
         image, note = read_raster(path, image_id=image_id)
         if note:
-            if not self.notes_[note]:
-                logger.warning("%s: %s (counted in the data summary)", self.options.manifest, note)
-            self.notes_[note] += 1
+            self._note(note, self.options.manifest)
         return image
-
-    def _bad(self, err: BadImageError) -> None:
-        if self.options.on_bad == "error":
-            raise err
-        self.skipped_[err.reason] += 1
-        logger.debug("skipped %s", err)

@@ -46,7 +46,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.pixels.processing import apply_voi
 from pydicom.uid import UID
 
-from hospitalnet.data.base import SiteLoader
+from hospitalnet.data.file_loader import ImageFileLoader, on_bad_option, unknown_labels_option
 from hospitalnet.data.indexing import (
     BadImageError,
     IndexRows,
@@ -326,7 +326,7 @@ def is_inverted(ds: Dataset) -> bool:
 # --------------------------------------------------------------------------- the site loader
 
 
-class DicomLoader(SiteLoader):
+class DicomLoader(ImageFileLoader):
     """A folder of DICOM files (searched recursively) plus a labels CSV in the data root.
 
     The CSV has ``labels`` (pipe-separated ChestX-ray14 names, aliases accepted, "No Finding" = all
@@ -341,7 +341,7 @@ class DicomLoader(SiteLoader):
 
     name = "dicom"
 
-    class Options(SiteLoader.Options):
+    class Options(ImageFileLoader.Options):
         labels_csv: str = Field("labels.csv", description="labels CSV file in the data root")
         image_id: Literal["sop_instance_uid", "file_name"] = Field(
             "sop_instance_uid", description="what names an image: its UID or its file's base name"
@@ -349,23 +349,10 @@ class DicomLoader(SiteLoader):
         file_glob: str = Field(
             "*", description="file names scanned when the CSV is keyed by sop_instance_uid"
         )
-        on_bad: Literal["error", "skip"] = Field(
-            "error", description="bad image: stop with its error, or skip it and count it"
-        )
-        unknown_labels: Literal["error", "drop"] = Field(
-            "error", description="unknown label name: stop, or drop the name and count it"
-        )
+        on_bad: Literal["error", "skip"] = on_bad_option()
+        unknown_labels: Literal["error", "drop"] = unknown_labels_option()
 
     options: Options
-
-    def __init__(
-        self, root: str, options: dict[str, Any] | None = None, *, source: str = ""
-    ) -> None:
-        super().__init__(root, options, source=source)
-        self.root_path = Path(root)
-        self.skipped_: Counter[str] = Counter()
-        self.notes_: Counter[str] = Counter()
-        self._paths: dict[str, Path] | None = None
 
     # -- the labels CSV
     @property
@@ -450,21 +437,9 @@ class DicomLoader(SiteLoader):
         return index
 
     def read_image(self, image_id: str) -> np.ndarray:
-        if self._paths is None:
-            self.index()
-        assert self._paths is not None
-        path = self._paths.get(image_id)
-        if path is None:
-            raise BadImageError(image_id, "not in this site's index")
-        return read_dicom(path, image_id=image_id)
+        return read_dicom(self._indexed_path(image_id), image_id=image_id)
 
     # -- helpers
-    def _bad(self, err: BadImageError) -> None:
-        if self.options.on_bad == "error":
-            raise err
-        self.skipped_[err.reason] += 1
-        logger.debug("skipped %s", err)
-
     def _header(self, path: Path) -> tuple[Path, str, str, str] | BadImageError:
         """(path, SOP Instance UID, raw PatientID, ViewPosition) or the reason it is unusable."""
         _guard_pydicom_logs()

@@ -53,9 +53,9 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from hospitalnet.data.base import SiteLoader, pseudonymise
+from hospitalnet.data.base import pseudonymise
+from hospitalnet.data.file_loader import ImageFileLoader, on_bad_option, unknown_labels_option
 from hospitalnet.data.indexing import (
-    BadImageError,
     assemble_index,
     parse_labels_cell,
     parse_split,
@@ -150,7 +150,7 @@ class _Selection:
     missing: list[str]  # selected image ids not found on disk (kept in CSV order)
 
 
-class NihLoader(SiteLoader):
+class NihLoader(ImageFileLoader):
     """NIH ChestX-ray14: Data_Entry CSV + PNGs (flat or nested), optional image list and split.
 
     Attributes set by :meth:`index`: ``skipped_`` (images left out, by reason) and ``notes_``
@@ -159,7 +159,7 @@ class NihLoader(SiteLoader):
 
     name = "nih"
 
-    class Options(SiteLoader.Options):
+    class Options(ImageFileLoader.Options):
         csv: str | None = Field(
             None, description="Data_Entry file; None = Data_Entry_2017(_v2020).csv in the root"
         )
@@ -172,11 +172,11 @@ class NihLoader(SiteLoader):
         on_missing_image: Literal["error", "skip"] = Field(
             "error", description="a CSV row without its PNG: stop, or skip it and count it"
         )
-        on_bad: Literal["error", "skip"] = Field(
-            "error", description="an unreadable PNG: stop with its error, or skip it and count it"
+        on_bad: Literal["error", "skip"] = on_bad_option(
+            "an unreadable PNG: stop with its error, or skip it and count it"
         )
-        unknown_labels: Literal["error", "drop"] = Field(
-            "error", description="an unknown label name: stop, or drop the name and count it"
+        unknown_labels: Literal["error", "drop"] = unknown_labels_option(
+            "an unknown label name: stop, or drop the name and count it"
         )
 
     options: Options
@@ -185,10 +185,6 @@ class NihLoader(SiteLoader):
         self, root: str, options: dict[str, Any] | None = None, *, source: str = ""
     ) -> None:
         super().__init__(root, options, source=source)
-        self.root_path = Path(root)
-        self.skipped_: Counter[str] = Counter()
-        self.notes_: Counter[str] = Counter()
-        self._paths: dict[str, str] | None = None
         self._entries: pd.DataFrame | None = None
 
     # ------------------------------------------------------------------------------- files
@@ -409,17 +405,10 @@ class NihLoader(SiteLoader):
         return vectors[codes]
 
     def read_image(self, image_id: str) -> np.ndarray:
-        if self._paths is None:
-            self.index()
-        assert self._paths is not None
-        path = self._paths.get(image_id)
-        if path is None:
-            raise BadImageError(image_id, "not in this site's index")
+        path = self._indexed_path(image_id)
         image, note = read_raster(path, image_id=image_id)
         if note:
-            if not self.notes_[note]:
-                logger.warning("%s: %s (counted in the data summary)", self.source, note)
-            self.notes_[note] += 1
+            self._note(note, self.source)
         return image
 
     def fingerprint(self) -> str:
