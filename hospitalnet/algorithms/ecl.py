@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 import torch
 
 from hospitalnet.algorithms.base import Algorithm, Outgoing, SiteContext, SiteWeighting, sgd_update
+from hospitalnet.algorithms.edge_sums import set_edge_active_marking_dirty
 from hospitalnet.algorithms.gossip import metropolis_hastings_weight
 from hospitalnet.errors import ConfigError
 from hospitalnet.messages import Message, MessageKind
@@ -241,10 +242,7 @@ class ECL(Algorithm):
         return out
 
     def set_edge_active(self, state: ECLState, neighbour: str, active: bool) -> ECLState:
-        if state.active.get(neighbour) != active:
-            state.active[neighbour] = active
-            state.dirty = True
-        return state
+        return set_edge_active_marking_dirty(state, neighbour, active)
 
     def restarted(self, state: ECLState) -> ECLState:
         state.outbox.clear()  # answers the dead process owed are lost with it

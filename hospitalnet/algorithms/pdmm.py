@@ -69,6 +69,7 @@ from hospitalnet.algorithms.base import (
     SiteWeighting,
     sgd_update,
 )
+from hospitalnet.algorithms.edge_sums import set_edge_active_marking_dirty
 from hospitalnet.errors import ConfigError
 from hospitalnet.messages import Message, MessageKind
 
@@ -364,7 +365,4 @@ class PDMM(Algorithm):
         return state
 
     def set_edge_active(self, state: PDMMState, neighbour: str, active: bool) -> PDMMState:
-        if state.active.get(neighbour) != active:
-            state.active[neighbour] = active
-            state.dirty = True
-        return state
+        return set_edge_active_marking_dirty(state, neighbour, active)
