@@ -4,20 +4,27 @@ Each site process (and the FedAvg server) writes its own run directory under
 ``RUN_DIR/nodes/<method>/<site>/``; :func:`collect_method` reads them through the schema types
 (:mod:`hospitalnet.rundir_schema`) and :func:`write_network_run` writes the merged run in the
 layout the in-process simulation writes, so both are compared by the same evaluation.
+:func:`run_and_collect` is the loop around them that the process launcher and the NVFlare engine
+share: run each method, train the pooled reference here, write the merged run.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from hospitalnet.algorithms import SERVER
+from hospitalnet.assembly import initial_model
 from hospitalnet.config import ExperimentConfig
 from hospitalnet.deploy.site_process import node_status
+from hospitalnet.experiment import train_method
 from hospitalnet.rundir import RunDir, read_arrays, write_arrays
 from hospitalnet.rundir_schema import (
     EdgeRecord,
@@ -178,4 +185,74 @@ def write_network_run(
     return run
 
 
-__all__ = ["MethodRun", "collect_method", "write_network_run"]
+@dataclass(frozen=True)
+class RunStart:
+    """When a network run began, taken before its network is prepared (that time counts too)."""
+
+    started: str  # UTC, to the second, as run.json records it
+    t0: float  # time.perf_counter() then
+
+    @classmethod
+    def now(cls) -> RunStart:
+        t0 = time.perf_counter()
+        return cls(datetime.now(timezone.utc).isoformat(timespec="seconds"), t0)
+
+
+def run_and_collect(
+    cfg: ExperimentConfig,
+    layout: NetworkLayout,
+    world: World,
+    run_method: Callable[[str, int], MethodRun],
+    start: RunStart,
+    *,
+    log: logging.Logger,
+    progress: bool,
+    command: str,
+    mode: Literal["processes", "nvflare"] = "processes",
+) -> RunDir:
+    """Run each federated method of ``cfg`` with ``run_method(method, n_train)``, train the
+    pooled reference in this process, and write the merged run directory.
+
+    ``log`` is the caller's logger, so the per-method lines keep the caller's name in the log.
+    """
+    n_train = sum(len(t) for t in world.train.values())
+    results: dict[str, MethodRun] = {}
+    for method in cfg.methods:
+        if method == POOLED:
+            continue
+        results[method] = run_method(method, n_train)
+        log.info(
+            "%s: %.1f s, finished %s, dead %s",
+            method,
+            results[method].wall,
+            results[method].finished,
+            results[method].dead,
+        )
+    if POOLED in cfg.methods:
+        # the centralised reference is not a hospital: trained here, exactly as in-process
+        flat = initial_model(cfg)
+        w0 = flat.flat.detach().clone()
+        _, stored, wall = train_method(POOLED, cfg, world, flat, w0, progress=progress)
+        results[POOLED] = MethodRun(
+            POOLED, list(layout.sites), [], {}, wall, stored["predictions"], stored["history"]
+        )
+    return write_network_run(
+        layout,
+        cfg,
+        world,
+        results,
+        started=start.started,
+        command=command,
+        total_wall=time.perf_counter() - start.t0,
+        argv=sys.argv[1:],
+        mode=mode,
+    )
+
+
+__all__ = [
+    "MethodRun",
+    "RunStart",
+    "collect_method",
+    "run_and_collect",
+    "write_network_run",
+]

@@ -34,17 +34,20 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import hospitalnet
 from hospitalnet import pki
 from hospitalnet.algorithms import SERVER, make_algorithm
-from hospitalnet.assembly import initial_model
 from hospitalnet.config import ExperimentConfig, dump_config
-from hospitalnet.deploy.collect import MethodRun, collect_method, write_network_run
+from hospitalnet.deploy.collect import (
+    MethodRun,
+    RunStart,
+    collect_method,
+    run_and_collect,
+    write_network_run,
+)
 from hospitalnet.deploy.site_process import TEST_EXIT_AT_STEP
-from hospitalnet.experiment import POOLED, train_method
 from hospitalnet.plan import NetworkPlan, write_plan
 from hospitalnet.rundir import RunDir, atomic_write_bytes
 from hospitalnet.rundir_schema import GLOBAL
@@ -310,14 +313,10 @@ def run_processes(
     cfg: ExperimentConfig, out: Path, *, progress: bool = True, command: str = ""
 ) -> RunDir:
     """Train the configured methods with one OS process per site; write the merged run."""
-    t_start = time.perf_counter()
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    start = RunStart.now()
     layout, world = prepare_network(cfg, out, progress=progress)
-    n_train = sum(len(t) for t in world.train.values())
-    results: dict[str, MethodRun] = {}
-    for method in cfg.methods:
-        if method == POOLED:
-            continue
+
+    def run_method(method: str, n_train: int) -> MethodRun:
         server = make_algorithm(method, cfg.ecl, cfg.fedprox, cfg.training).uses_server
         log.info(
             "%s: starting %d site processes%s",
@@ -325,31 +324,10 @@ def run_processes(
             len(layout.sites),
             " and the server" if server else "",
         )
-        results[method] = run_method_processes(layout, cfg, method, n_train)
-        log.info(
-            "%s: %.1f s, finished %s, dead %s",
-            method,
-            results[method].wall,
-            results[method].finished,
-            results[method].dead,
-        )
-    if POOLED in cfg.methods:
-        # the centralised reference is not a hospital: trained here, exactly as in-process
-        flat = initial_model(cfg)
-        w0 = flat.flat.detach().clone()
-        _, stored, wall = train_method(POOLED, cfg, world, flat, w0, progress=progress)
-        results[POOLED] = MethodRun(
-            POOLED, list(layout.sites), [], {}, wall, stored["predictions"], stored["history"]
-        )
-    return write_network_run(
-        layout,
-        cfg,
-        world,
-        results,
-        started=started,
-        command=command,
-        total_wall=time.perf_counter() - t_start,
-        argv=sys.argv[1:],
+        return run_method_processes(layout, cfg, method, n_train)
+
+    return run_and_collect(
+        cfg, layout, world, run_method, start, log=log, progress=progress, command=command
     )
 
 

@@ -22,16 +22,13 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import hospitalnet
-from hospitalnet.assembly import initial_model
 from hospitalnet.config import ExperimentConfig
-from hospitalnet.deploy.collect import MethodRun, collect_method, write_network_run
+from hospitalnet.deploy.collect import MethodRun, RunStart, collect_method, run_and_collect
 from hospitalnet.deploy.launcher import NetworkLayout, node_timeout, prepare_network
 from hospitalnet.deploy.nvflare.job import ALLOW_LIST_ENTRY, JobSpec, write_job
-from hospitalnet.experiment import POOLED, train_method
 from hospitalnet.rundir import RunDir, atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -160,39 +157,22 @@ def run_nvflare(
     cfg: ExperimentConfig, out: Path, *, progress: bool = True, command: str = ""
 ) -> RunDir:
     """Train the configured methods in NVFlare's simulator; write the merged run directory."""
-    t_start = time.perf_counter()
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    start = RunStart.now()
     layout, world = prepare_network(cfg, out, progress=progress)
-    n_train = sum(len(t) for t in world.train.values())
-    results: dict[str, MethodRun] = {}
-    for method in cfg.methods:
-        if method == POOLED:
-            continue
+
+    def run_method(method: str, n_train: int) -> MethodRun:
         log.info("%s: NVFlare simulator with %d hospitals", method, len(layout.sites))
-        results[method] = run_method_nvflare(layout, cfg, method, n_train)
-        log.info(
-            "%s: %.1f s, finished %s, dead %s",
-            method,
-            results[method].wall,
-            results[method].finished,
-            results[method].dead,
-        )
-    if POOLED in cfg.methods:
-        flat = initial_model(cfg)
-        w0 = flat.flat.detach().clone()
-        _, stored, wall = train_method(POOLED, cfg, world, flat, w0, progress=progress)
-        results[POOLED] = MethodRun(
-            POOLED, list(layout.sites), [], {}, wall, stored["predictions"], stored["history"]
-        )
-    return write_network_run(
-        layout,
+        return run_method_nvflare(layout, cfg, method, n_train)
+
+    return run_and_collect(
         cfg,
+        layout,
         world,
-        results,
-        started=started,
+        run_method,
+        start,
+        log=log,
+        progress=progress,
         command=command,
-        total_wall=time.perf_counter() - t_start,
-        argv=sys.argv[1:],
         mode="nvflare",
     )
 
