@@ -1,11 +1,15 @@
 """What configures one site's real transport (gRPC or NVFlare) and what it reports per edge:
-the limits and timings, each neighbour's liveness, and the counters beyond :class:`EdgeStats`."""
+the limits and timings, each neighbour's liveness, the counters beyond :class:`EdgeStats`, and
+the record of one edge (:class:`Edge`)."""
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 
+from hospitalnet.messages import Message, MessageKind
 from hospitalnet.transport.base import EdgeStats
 
 
@@ -66,6 +70,23 @@ class GrpcEdgeStats(EdgeStats):
     heartbeat_bytes: int = 0
     failures: dict[str, int] = field(default_factory=dict)  # gRPC status / error name -> count
     peer_rejected: dict[str, int] = field(default_factory=dict)  # reasons the peer gave -> count
+
+
+@dataclass
+class Edge:
+    """Outgoing side of one edge: its outbox, thread and the neighbour's liveness."""
+
+    neighbour: str
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    outbox: OrderedDict[MessageKind, tuple[Message, bytes]] = field(default_factory=OrderedDict)
+    status: NeighbourStatus = field(default_factory=NeighbourStatus)
+    # Scheduling uses time.monotonic() (immune to clock changes); NeighbourStatus reports wall time.
+    started: float = 0.0
+    alive_at: float | None = None  # last sign of life (see edges.EdgeTransport.posts_are_answered)
+    last_attempt: float = 0.0  # when the last post ended
+    retry_at: float = 0.0  # after a failure: no post before this time
+    in_flight: bool = False  # a message was taken from the outbox and its post has not ended
+    thread: threading.Thread | None = None
 
 
 _ORDER = {PeerState.ACTIVE: 0, PeerState.SUSPECT: 1, PeerState.INACTIVE: 2}

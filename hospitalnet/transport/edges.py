@@ -19,17 +19,16 @@ edge's outbox and liveness. ``_lock`` may be taken while holding ``edge.cond``, 
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import threading
 import time
 from abc import abstractmethod
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from collections import deque
 
-from hospitalnet.messages import Message, MessageKind
+from hospitalnet.messages import Message
 from hospitalnet.transport.base import EdgeStats, Transport
 from hospitalnet.transport.edge_status import (
+    Edge,
     GrpcEdgeStats,
     NeighbourStatus,
     PeerState,
@@ -37,36 +36,17 @@ from hospitalnet.transport.edge_status import (
     max_state,
 )
 from hospitalnet.transport.grpc_wire import (
-    DTYPES,
-    PB_TO_KIND,
     PayloadSizes,
-    Rejected,
     check_header,
-    decode_payload,
     envelopes,
     heartbeat_envelope,
     kind_sizes,
     payload_bytes,
+    payload_size,
     size_of,
+    unpack,
 )
 from hospitalnet.transport.proto import hospitalnet_pb2 as pb
-
-
-@dataclass
-class Edge:
-    """Outgoing side of one edge: its outbox, thread and the neighbour's liveness."""
-
-    neighbour: str
-    cond: threading.Condition = field(default_factory=threading.Condition)
-    outbox: OrderedDict[MessageKind, tuple[Message, bytes]] = field(default_factory=OrderedDict)
-    status: NeighbourStatus = field(default_factory=NeighbourStatus)
-    # Scheduling uses time.monotonic() (immune to clock changes); NeighbourStatus reports wall time.
-    started: float = 0.0
-    alive_at: float | None = None  # last sign of life (see EdgeTransport.posts_are_answered)
-    last_attempt: float = 0.0  # when the last post ended
-    retry_at: float = 0.0  # after a failure: no post before this time
-    in_flight: bool = False  # a message was taken from the outbox and its post has not ended
-    thread: threading.Thread | None = None
 
 
 class PostFailed(Exception):
@@ -400,20 +380,12 @@ class EdgeTransport(Transport):
             fingerprint=self.model_fingerprint,
             numel=numel,
         )
-        return 0 if env.kind == pb.KIND_HEARTBEAT else numel * DTYPES[env.schema.dtype][0].itemsize
+        return payload_size(env, self.sizes)
 
     def _unpack(self, peer: str, first: pb.Envelope, data: bytes, expected: int) -> Message:
-        """The message in a whole payload, checked in order: ``shape``, ``digest``, then the
-        payload's own checks (:func:`decode_payload`)."""
-        if len(data) != expected:
-            raise Rejected("shape")
-        if hashlib.sha256(data).digest() != first.payload_sha256:
-            raise Rejected("digest")
-        kind = PB_TO_KIND[first.kind]
-        payload = None
-        if kind is not MessageKind.HEARTBEAT:
-            payload = decode_payload(data, first.schema.dtype, self.limits.max_norm)
-        return Message(peer, self.site, kind, first.sender_step, first.seq, payload)
+        return unpack(
+            first, data, expected, sender=peer, receiver=self.site, max_norm=self.limits.max_norm
+        )
 
     def _admit(self, peer: str, env: pb.Envelope, message: Message | None) -> str:
         """Take a message that passed every check (None: a heartbeat, only heard): ``""`` when

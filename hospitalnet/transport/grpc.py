@@ -56,13 +56,14 @@ from hospitalnet.errors import NetworkError
 from hospitalnet.messages import Message
 from hospitalnet.pki import SITE_URI_PREFIX, TlsCredentials
 from hospitalnet.transport.edge_status import (  # re-exported: callers import them from here
+    Edge,
     GrpcEdgeStats,
     NeighbourStatus,
     PeerState,
     TransportLimits,
     max_state,
 )
-from hospitalnet.transport.edges import Edge, EdgeTransport, PostFailed
+from hospitalnet.transport.edges import EdgeTransport, PostFailed
 from hospitalnet.transport.grpc_wire import (
     PROTOCOL_VERSION,  # noqa: F401 (re-exported: imported from here by tests)
     SERVICE,

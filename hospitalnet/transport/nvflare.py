@@ -47,8 +47,8 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from hospitalnet.messages import Message, MessageKind
-from hospitalnet.transport.edge_status import TransportLimits
-from hospitalnet.transport.edges import Edge, EdgeTransport, PostFailed
+from hospitalnet.transport.edge_status import Edge, TransportLimits
+from hospitalnet.transport.edges import EdgeTransport, PostFailed
 from hospitalnet.transport.grpc_wire import PayloadSizes, Rejected, same_header
 from hospitalnet.transport.proto import hospitalnet_pb2 as pb
 
