@@ -3,7 +3,8 @@
 Implementations: the simulated discrete-event network (``transport.simulated``) and gRPC with
 mutual TLS (``transport.grpc``). Both are non-blocking: ``send`` queues into a bounded per-edge
 outbox (a newer message replaces an unsent older one on the same edge), ``poll`` returns what has
-arrived. Neither ever waits for a neighbour.
+arrived. Neither ever waits for a neighbour. The real transports (gRPC, NVFlare aux messages)
+share their per-edge outboxes, threads and liveness: :mod:`hospitalnet.transport.edges`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The gRPC transport's wire format: chunked protobuf envelopes of raw little-endian tensors.
 
-Pure functions shared by the two halves of :class:`hospitalnet.transport.grpc.GrpcTransport`:
+Pure functions shared by the sending and receiving halves of both real transports (gRPC,
+NVFlare):
 the sender cuts a message into envelopes (:func:`envelopes`), the receiver checks every later
 chunk against the first (:func:`same_header`) and decodes the payload under the explicit schema
 (:func:`decode_payload`), never unpickling anything. A check that fails raises
@@ -206,3 +207,27 @@ def decode_payload(data: bytes, dtype: str, max_norm: float) -> torch.Tensor:
     if not norm <= max_norm:
         raise Rejected("norm")
     return torch.from_numpy(as32).to(torch_dtype)
+
+
+def payload_size(first: pb.Envelope, sizes: Mapping[MessageKind, int]) -> int:
+    """The payload bytes a first envelope that passed :func:`check_header` calls for (0 for a
+    heartbeat)."""
+    if first.kind == pb.KIND_HEARTBEAT:
+        return 0
+    return size_of(sizes, first.kind) * DTYPES[first.schema.dtype][0].itemsize
+
+
+def unpack(
+    first: pb.Envelope, data: bytes, expected: int, *, sender: str, receiver: str, max_norm: float
+) -> Message:
+    """The message a whole payload carries, checked in this order: ``shape`` (``expected``
+    bytes), ``digest``, then the checks of :func:`decode_payload`."""
+    if len(data) != expected:
+        raise Rejected("shape")
+    if hashlib.sha256(data).digest() != first.payload_sha256:
+        raise Rejected("digest")
+    kind = PB_TO_KIND[first.kind]
+    payload = None
+    if kind is not MessageKind.HEARTBEAT:
+        payload = decode_payload(data, first.schema.dtype, max_norm)
+    return Message(sender, receiver, kind, first.sender_step, first.seq, payload)

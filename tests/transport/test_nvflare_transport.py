@@ -263,3 +263,11 @@ def test_aux_link_posts_bytes_and_maps_the_nvflare_server_to_server_also_for_ear
         assert topic == TOPIC and all(isinstance(f, bytes) for f in request["server"][FRAMES])
     finally:
         site.close()
+
+
+def test_a_message_sent_after_close_is_dropped_not_left_queued(pair):
+    _, a, _ = pair
+    a.close()
+    a.send(dual(1, 1, torch.ones(N)))  # no edge thread would ever post it
+    assert a.stats()[("n1", "n2")].dropped == 1
+    assert a.flush(0.5)  # nothing stranded in the outbox
