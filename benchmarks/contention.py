@@ -55,9 +55,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # training.threads auto (hospitalnet.threads.ThreadGovernor) under each wait policy
     "auto": {"threads": "auto", "env": {}},
     "auto+passive": {"threads": "auto", "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
-    # What hospitalnet does by default: the default config's training.threads and the
-    # environment `import hospitalnet` sets (hospitalnet.threads.OPENMP_DEFAULTS).
-    "new-default": {"threads": "config", "env": "hospitalnet"},
+    # What hospitalnet does by default: the default config's training.threads (auto), OpenMP's
+    # default policy (hospitalnet no longer sets one)
+    "new-default": {"threads": "config", "env": {}},
 }
 CASES = {
     "quiet": [],
@@ -122,19 +122,12 @@ def _busy() -> None:
         x = (x + 1) % 1_000_003
 
 
-def _spawn(
-    role: str, steps: int, threads: str, env_extra: dict[str, str] | str
-) -> subprocess.Popen:
+def _spawn(role: str, steps: int, threads: str, env_extra: dict[str, str]) -> subprocess.Popen:
     env = dict(os.environ)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY"):
         env.pop(name, None)  # the setting under test decides, not the caller's shell
     # (before 2026-12-03 the setting's own OMP_WAIT_POLICY was removed here too, so the
     # "+passive" rows of earlier results ran with OpenMP's default policy)
-    if env_extra == "hospitalnet":  # what `import hospitalnet` puts in the environment
-        from hospitalnet.threads import OPENMP_DEFAULTS
-
-        env_extra = dict(OPENMP_DEFAULTS)
-    assert isinstance(env_extra, dict)
     env.update(env_extra)
     argv = [sys.executable, __file__, "--worker", role, "--steps", str(steps)]
     argv += ["--threads", threads]

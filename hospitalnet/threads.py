@@ -20,9 +20,10 @@ machine whose load changes, so the default, ``training.threads: auto``, follows 
 - A number (``training.threads: 2``, ``site run --threads 2``) fixes the count; ``null`` leaves
   torch's default (one per core). ``simulate --processes`` gives each of its processes
   :func:`thread_budget` threads (the usable cores shared between the sites and the server).
-- ``import hospitalnet`` puts :data:`OPENMP_DEFAULTS` in the environment unless the user chose
-  a policy (:func:`configure_openmp`). OpenMP reads it once, when torch loads; child processes
-  inherit it.
+- OpenMP keeps its default wait policy (idle threads spin briefly, then sleep). The previous
+  release set ``OMP_WAIT_POLICY=PASSIVE``; with the governor it only costs: two passive threads
+  took 2.25x as long as two default ones on an idle machine, and under load the governor has
+  already dropped to one thread, where the policy does not matter.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -45,15 +46,6 @@ ThreadSetting = int | Literal["auto"] | None
 #: from the minibatch size and thread count, and on minibatches of 5-11 images the kernels it
 #: picks at one and two threads sum in different orders (measured with torch 2.14).
 EVAL_QUANTUM = 16
-
-OPENMP_DEFAULTS: Mapping[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
-
-
-def configure_openmp(environ: MutableMapping[str, str] | None = None) -> None:
-    """Set :data:`OPENMP_DEFAULTS` where the user has not chosen (call before importing torch)."""
-    env = os.environ if environ is None else environ
-    for name, value in OPENMP_DEFAULTS.items():
-        env.setdefault(name, value)
 
 
 def usable_cores() -> int:
@@ -73,7 +65,6 @@ def thread_budget(processes: int, cores: int | None = None) -> int:
 def child_environment(threads: int, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a hospitalnet process we start with ``threads`` torch threads."""
     env = dict(os.environ if environ is None else environ)
-    configure_openmp(env)
     env["OMP_NUM_THREADS"] = str(threads)
     env["MKL_NUM_THREADS"] = str(threads)
     return env
