@@ -30,11 +30,4 @@ Modules and subpackages, in flow order:
 The separate top-level package ``evaluation`` turns a run directory into numbers and a report.
 """
 
-from hospitalnet.threads import configure_openmp as _configure_openmp
-
 __version__ = "0.1.0"
-
-# OMP_WAIT_POLICY=PASSIVE unless the user chose a policy. It must be in the environment before
-# torch loads OpenMP, and programs import hospitalnet before its torch-using modules; the
-# processes we start inherit it (measured: benchmarks/contention.py, hospitalnet.threads).
-_configure_openmp()

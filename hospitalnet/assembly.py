@@ -11,6 +11,8 @@ from. So a deployment runs exactly the code the simulation runs.
 
 - :func:`initial_model`: the run's model at w0, drawn from the run's seed under :data:`W0_SEED`.
 - :func:`site_objective`: a site's chest X-ray loss with its own minibatch stream.
+- :func:`thread_governor`: the process's torch threads (``training.threads``; ``auto`` follows
+  the machine's idle cores).
 - :func:`site_rules`: staleness S, inactivity D (steps or seconds), non-finite tolerance.
 - :func:`site_context`: what a site knows when it starts (neighbours, signs, loss weight, w0).
 - :func:`build_site`: the :class:`~hospitalnet.site.SiteNode` of one site.
@@ -25,7 +27,7 @@ change of weighting.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import torch
@@ -37,10 +39,12 @@ from hospitalnet.config import ExperimentConfig
 from hospitalnet.errors import ConfigError
 from hospitalnet.models import build_model
 from hospitalnet.models.flat import FlatParams
+from hospitalnet.models.invariant import same_bits_at_any_thread_count
 from hospitalnet.objective import LocalObjective
 from hospitalnet.plan import NetworkPlan
 from hospitalnet.seeding import int_seed, torch_generator
 from hospitalnet.site import Clock, ExchangeSchedule, ServerNode, SiteNode, SiteRules
+from hospitalnet.threads import EVAL_QUANTUM, ThreadGovernor, ThreadSetting, governor_for
 from hospitalnet.topology import Topology, isolated
 from hospitalnet.training.schedule import lr_schedule as config_lr_schedule
 from hospitalnet.training.torch_objectives import ChestXrayObjective
@@ -71,17 +75,46 @@ def site_objective(
     labels: torch.Tensor,
     name: str,
     batch_size: int | None = None,
+    threads: ThreadGovernor | None = None,
 ) -> ChestXrayObjective:
     """Site ``name``'s loss on its training images, minibatches from the stream ``("batches",
     name)`` of the run's seed. ``batch_size`` None = ``cfg.training.batch_size`` (the pooled
-    reference passes the sites' batches together)."""
+    reference passes the sites' batches together). ``threads`` (:func:`thread_governor`) is
+    polled before every step."""
     return ChestXrayObjective(
         flat,
         images,
         labels,
         cfg.training.batch_size if batch_size is None else batch_size,
         torch_generator(cfg.seed, "batches", name),
+        threads=threads,
     )
+
+
+def thread_governor(
+    cfg: ExperimentConfig,
+    flat: FlatParams,
+    minibatches: Iterable[int],
+    setting: ThreadSetting | Literal["config"] = "config",
+    *,
+    max_threads: int | None = None,
+) -> ThreadGovernor:
+    """The process's torch threads (``training.threads``, or ``setting`` from a command line).
+
+    With ``auto``: a governor that follows the machine's idle cores, if the model gives the same
+    bits at any thread count on the minibatch sizes this process trains with (``minibatches``:
+    each objective's ``sampler.batch_size``) and on evaluation minibatches; else one thread
+    (:mod:`hospitalnet.threads`)."""
+    chosen = cfg.training.threads if setting == "config" else setting
+    side = cfg.data.image_size
+    train = tuple(sorted(set(minibatches)))
+
+    def invariant(threads: int) -> bool:
+        return same_bits_at_any_thread_count(
+            flat.model, (1, side, side), train, (EVAL_QUANTUM, 4 * EVAL_QUANTUM), threads
+        )
+
+    return governor_for(chosen, max_threads=max_threads, invariant=invariant)
 
 
 def site_rules(cfg: ExperimentConfig, clock: Literal["steps", "seconds"]) -> SiteRules:
@@ -329,4 +362,5 @@ __all__ = [
     "site_neighbours",
     "site_objective",
     "site_rules",
+    "thread_governor",
 ]

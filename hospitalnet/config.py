@@ -10,10 +10,17 @@ importing a string.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from hospitalnet.errors import ConfigError
 
@@ -73,6 +80,15 @@ class ModelConfig(Section):
     groups: int = Field(8, gt=0, description="GroupNorm groups")
 
 
+def _thread_setting(value: Any) -> Any:
+    """``training.threads``: a whole number >= 1, ``auto`` or null, said in one message."""
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ValueError(f"expected a whole number >= 1, 'auto' or null, got {value!r}")
+
+
 class TrainingConfig(Section):
     # Defaults chosen by probes on the synthetic world (README "Results" has the training-length
     # sweep: the default is far from converged, to fit 5 minutes): sequential steps buy more
@@ -89,11 +105,11 @@ class TrainingConfig(Section):
     weight_decay: float = Field(1e-4, ge=0, description="added to the loss as 0.5*wd*||w||^2")
     eval_points: int = Field(10, ge=1, description="evaluations along training (learning curves)")
     device: str = Field("cpu", description="cpu | cuda | auto")
-    threads: int | None = Field(
-        1,
-        ge=1,
-        description="torch CPU threads for this process; 1 (default) keeps a run near its fair "
-        "share when other work shares the cores (hospitalnet.threads); None: torch's default, "
+    threads: Annotated[int | Literal["auto"] | None, BeforeValidator(_thread_setting)] = Field(
+        "auto",
+        description="torch CPU threads for this process: auto (default) follows the cores other "
+        "processes leave idle, all of them on an idle machine and one beside other work, without "
+        "changing the result (hospitalnet.threads); a number fixes it; None: torch's default, "
         "one per core",
     )
     site_weighting: Literal["samples", "uniform"] = Field(

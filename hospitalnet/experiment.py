@@ -18,7 +18,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hospitalnet.assembly import evaluation_every, initial_model, site_objective
+from hospitalnet.assembly import (
+    evaluation_every,
+    initial_model,
+    site_objective,
+    thread_governor,
+)
 from hospitalnet.config import ExperimentConfig, dump_config
 from hospitalnet.errors import ConfigError
 from hospitalnet.models.flat import FlatParams
@@ -41,6 +46,7 @@ from hospitalnet.rundir_schema import (
     loss_points,
 )
 from hospitalnet.simulation import SimulationResult, run_network, run_pooled
+from hospitalnet.threads import ThreadGovernor
 from hospitalnet.training.schedule import lr_schedule
 from hospitalnet.training.torch_objectives import predict_proba
 from hospitalnet.world import World, ensure_world, load_world, write_testsets_and_data
@@ -64,9 +70,11 @@ def train_method(
     w0: torch.Tensor,
     *,
     progress: bool,
+    threads: ThreadGovernor | None = None,
 ) -> tuple[SimulationResult, MethodOutputs, float]:
     """Train one method; return its result, its stored predictions and history, its wall
-    seconds."""
+    seconds. ``threads`` (:func:`~hospitalnet.assembly.thread_governor`) is polled between
+    steps and evaluation minibatches."""
     sites = list(world.train)
     steps = cfg.training.local_steps
     batch = cfg.training.batch_size
@@ -87,12 +95,12 @@ def train_method(
         eval_points.append(EvalPoint(k=point, virtual_time=float(k)))
         shared = None
         if method == POOLED:  # one model scored at every site: predict once
-            shared = predict_proba(flat, params[POOLED], world.global_test.images)
+            shared = predict_proba(flat, params[POOLED], world.global_test.images, threads=threads)
         for site in sites:
             p = (
                 shared
                 if shared is not None
-                else predict_proba(flat, params[site], world.global_test.images)
+                else predict_proba(flat, params[site], world.global_test.images, threads=threads)
             )
             preds[curve_key(point, site, GLOBAL)] = p.numpy().astype(np.float16)
 
@@ -108,7 +116,13 @@ def train_method(
     if method == POOLED:
         pooled = world.pooled_train()
         obj = site_objective(
-            cfg, flat, pooled.images, pooled.labels, POOLED, batch_size=images_per_step
+            cfg,
+            flat,
+            pooled.images,
+            pooled.labels,
+            POOLED,
+            batch_size=images_per_step,
+            threads=threads,
         )
         result = run_pooled(
             obj,
@@ -125,7 +139,7 @@ def train_method(
     else:
         objectives = {
             site: site_objective(
-                cfg, flat, world.train[site].images, world.train[site].labels, site
+                cfg, flat, world.train[site].images, world.train[site].labels, site, threads=threads
             )
             for site in sites
         }
@@ -158,10 +172,12 @@ def train_method(
     for site in sites:
         w = finals[site]
         if id(w) not in on_global:
-            on_global[id(w)] = predict_proba(flat, w, world.global_test.images).numpy()
+            on_global[id(w)] = predict_proba(
+                flat, w, world.global_test.images, threads=threads
+            ).numpy()
         preds[final_key(site, GLOBAL)] = on_global[id(w)]
         preds[final_key(site, local_testset(site))] = predict_proba(
-            flat, finals[site], world.local_test[site].images
+            flat, finals[site], world.local_test[site].images, threads=threads
         ).numpy()
     history = History(
         eval_points=eval_points,
@@ -229,8 +245,6 @@ def run_experiment(
     atomic_write_bytes(run.config, dump_config(cfg).encode())
 
     root = ensure_world(cfg, progress=progress)
-    if cfg.training.threads is not None:
-        torch.set_num_threads(cfg.training.threads)
     world = load_world(cfg, root, progress=progress)
     sites = list(world.train)
 
@@ -241,6 +255,12 @@ def run_experiment(
     # Site images stay on the host as uint8; each minibatch moves to the device when drawn.
     flat = initial_model(cfg, device)
     w0 = flat.flat.detach().clone()
+    # the minibatch sizes this process will train with (a small site's epoch is one minibatch;
+    # the pooled reference takes every site's minibatch at once)
+    batch = cfg.training.batch_size
+    sizes = [len(t) for t in world.train.values()]
+    minibatches = [min(batch, n) for n in sizes] + [min(batch * len(sizes), sum(sizes))]
+    threads = thread_governor(cfg, flat, minibatches)
 
     write_testsets_and_data(run, world)
     network = NetworkRecord(methods={})
@@ -248,7 +268,7 @@ def run_experiment(
     throughput: dict[str, float] = {}
     for method in cfg.methods:
         result, stored, walls[method] = train_method(
-            method, cfg, world, flat, w0, progress=progress
+            method, cfg, world, flat, w0, progress=progress, threads=threads
         )
         throughput[method] = stored["history"].images_per_second or 0.0
         write_arrays(run.predictions(method), stored["predictions"])
@@ -275,7 +295,7 @@ def run_experiment(
         device=device.type,
         wall_seconds=WallSeconds(total=time.perf_counter() - t_start, per_method=walls),
         images_per_second=throughput,
-        versions=Versions.current(),
+        versions=Versions.current(thread_seconds=threads.summary()),
         argv=sys.argv[1:],
     ).write(run.run_json)
     return run

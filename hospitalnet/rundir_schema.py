@@ -127,11 +127,20 @@ class Versions(Record):
     numpy: str | None = None
     platform: str | None = None
     torch_threads: int | None = None
+    # training.threads auto: seconds spent at each thread count (keys: counts as text)
+    torch_thread_seconds: dict[str, float] = {}
 
     @classmethod
-    def current(cls, torch_threads: int | None = None) -> Versions:
-        """This process's versions; ``torch_threads`` None = this process's torch threads."""
-        threads = torch.get_num_threads() if torch_threads is None else torch_threads
+    def current(
+        cls, torch_threads: int | None = None, thread_seconds: dict[str, float] | None = None
+    ) -> Versions:
+        """This process's versions; ``torch_threads`` None = the most threads in
+        ``thread_seconds`` (a :meth:`ThreadGovernor.summary`), else this process's now."""
+        threads = torch_threads
+        if threads is None and thread_seconds:
+            threads = max(int(k) for k in thread_seconds)
+        if threads is None:
+            threads = torch.get_num_threads()
         return cls(
             hospitalnet=__version__,
             python=platform.python_version(),
@@ -139,6 +148,7 @@ class Versions(Record):
             numpy=np.__version__,
             platform=f"{platform.system()} {platform.machine()}",
             torch_threads=int(threads),
+            torch_thread_seconds=dict(thread_seconds or {}),
         )
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from hospitalnet.cli.paths import check_output_folder
 from hospitalnet.config import load_config
+from hospitalnet.threads import thread_setting
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--global-test", type=Path, default=None, help="manifest of the shared evaluation set"
     )
     r.add_argument("--cache", type=Path, default=None, help="decoded-image cache folder")
-    r.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    r.add_argument(
+        "--threads",
+        type=thread_setting,
+        default="config",
+        help="torch CPU threads: auto (follow the cores other work leaves idle), a number, or "
+        "by default the config's training.threads (auto unless set)",
+    )
     r.add_argument(
         "--start-at",
         type=_start_time,
@@ -87,13 +94,10 @@ def _start_time(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from hospitalnet.data.manifest import load_manifest
     from hospitalnet.deploy.site_process import SiteRunOptions, run_site
     from hospitalnet.plan import load_plan
 
-    torch.set_num_threads(max(1, args.threads))
     cfg = load_config(args.config)
     manifest, _ = load_manifest(args.manifest)
     out = check_output_folder(args.out or Path("runs") / f"site-{manifest.site}")
@@ -118,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         start_at=args.start_at,
         start_file=args.start_file,
         command="hospitalnet " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        threads=args.threads,
     )
     outcome = run_site(opts, cfg, stop)
     print(

@@ -103,7 +103,9 @@ def write_site_outputs(run: SiteProcess, status: Status, detail: str, wall: floa
     for name, split in sets.items():
         testsets[label_key(name)] = split.labels.numpy()
         testsets[patient_key(name)] = split.patients.numpy()
-        rec.preds[final_key(site, name)] = predict_proba(run.flat, final, split.images).numpy()
+        rec.preds[final_key(site, name)] = predict_proba(
+            run.flat, final, split.images, threads=run.threads
+        ).numpy()
     atomic_write_bytes(rd.config, dump_config(run.cfg).encode())
     write_arrays(rd.testsets, testsets)
     write_arrays(rd.predictions(method), rec.preds)
@@ -129,7 +131,7 @@ def write_site_outputs(run: SiteProcess, status: Status, detail: str, wall: floa
         device="cpu",
         wall_seconds=WallSeconds(total=wall, per_method={method: wall}),
         images_per_second={method: rate},
-        versions=Versions.current(),
+        versions=Versions.current(thread_seconds=run.threads.summary()),
     ).write(rd.run_json)
     NodeStatus(
         site=site,

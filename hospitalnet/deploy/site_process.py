@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -50,6 +51,7 @@ from hospitalnet.assembly import (
     site_neighbours,
     site_objective,
     site_rules,
+    thread_governor,
 )
 from hospitalnet.checkpoint import load_latest, save_checkpoint
 from hospitalnet.config import ExperimentConfig
@@ -77,6 +79,7 @@ from hospitalnet.rundir_schema import (
     local_testset,
 )
 from hospitalnet.site import Event, SiteFailure, TickResult
+from hospitalnet.threads import ThreadSetting
 from hospitalnet.training.torch_objectives import predict_proba
 from hospitalnet.transport.base import Transport
 from hospitalnet.transport.grpc import GrpcTransport
@@ -126,6 +129,9 @@ class SiteRunOptions:
     start_file:
         For launchers: once its neighbours answered, the site writes ``OUT/ready.json`` and waits
         until this file exists; it holds the start time (epoch seconds).
+    threads:
+        torch threads: ``"config"`` (default) = the config's ``training.threads``; else a number,
+        ``"auto"`` or None as there (:func:`hospitalnet.assembly.thread_governor`).
     """
 
     manifest: Path
@@ -140,6 +146,7 @@ class SiteRunOptions:
     start_at: float | None = None
     start_file: Path | None = None
     command: str = "hospitalnet site run"
+    threads: ThreadSetting | Literal["config"] = "config"
 
 
 @dataclass
@@ -235,8 +242,10 @@ class SiteProcess:
         self.plan = opts.plan or plan_from_manifest(data.manifest)
         if self.site not in self.plan.sites:
             raise ConfigError(f"network plan: site {self.site!r} is not in it")
+        minibatch = min(cfg.training.batch_size, len(data.train))
+        self.threads = thread_governor(cfg, self.flat, [minibatch], opts.threads)
         self.objective = site_objective(
-            cfg, self.flat, data.train.images, data.train.labels, self.site
+            cfg, self.flat, data.train.images, data.train.labels, self.site, threads=self.threads
         )
         w0 = self.flat.flat.detach().clone()
         # a plan this site cannot use (e.g. sizes missing) fails before any socket opens
@@ -361,7 +370,7 @@ class SiteProcess:
         data = self.data
         testset = GLOBAL if data.global_test is not None else local_testset(self.site)
         images = (data.global_test or data.local_test).images
-        p = predict_proba(self.flat, self.node.params, images)
+        p = predict_proba(self.flat, self.node.params, images, threads=self.threads)
         self.record.preds[curve_key(k, self.site, testset)] = p.numpy().astype(np.float16)
         step = self.node.step
         self.record.eval_points.append(

@@ -16,6 +16,7 @@ from torch import nn
 from hospitalnet.config import ModelConfig
 from hospitalnet.errors import ConfigError
 from hospitalnet.labels import NUM_LABELS
+from hospitalnet.models.invariant import make_thread_invariant
 
 
 def _gn(channels: int, groups: int) -> nn.GroupNorm:
@@ -85,7 +86,11 @@ MODELS: dict[str, Callable[[ModelConfig], nn.Module]] = {
 
 
 def build_model(cfg: ModelConfig, seed: int) -> nn.Module:
-    """Build ``cfg.name`` with weights drawn from ``seed`` alone (the global RNG is untouched)."""
+    """Build ``cfg.name`` with weights drawn from ``seed`` alone (the global RNG is untouched).
+
+    Its convolutions are :class:`~hospitalnet.models.invariant.ThreadInvariantConv2d`, so that a
+    training step gives the same bits at any CPU thread count.
+    """
     try:
         builder = MODELS[cfg.name]
     except KeyError:
@@ -97,4 +102,4 @@ def build_model(cfg: ModelConfig, seed: int) -> nn.Module:
         model = builder(cfg)
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise ConfigError(f"model.name: {cfg.name} contains BatchNorm; use GroupNorm")
-    return model
+    return make_thread_invariant(model)

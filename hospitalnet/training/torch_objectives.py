@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from hospitalnet.models.flat import FlatParams
+from hospitalnet.threads import EVAL_QUANTUM, ThreadGovernor
 
 
 def masked_bce_with_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -65,6 +66,7 @@ class ChestXrayObjective:
         labels: torch.Tensor,
         batch_size: int,
         generator: torch.Generator,
+        threads: ThreadGovernor | None = None,
     ) -> None:
         if len(images) == 0:
             raise ValueError("ChestXrayObjective: no training images")
@@ -74,6 +76,7 @@ class ChestXrayObjective:
         self.num_samples = len(images)
         self.sampler = EpochSampler(len(images), batch_size, generator)
         self.device = flat.flat.device
+        self.threads = threads  # polled before every step: the machine's load may have changed
 
     def init_params(self) -> torch.Tensor:
         return self.flat.flat.detach().clone()
@@ -83,6 +86,8 @@ class ChestXrayObjective:
         return self.flat.fan_in_scale()
 
     def loss_and_grad(self, w: torch.Tensor) -> tuple[float, torch.Tensor]:
+        if self.threads is not None:
+            self.threads.poll()
         idx = self.sampler.next()
         x = self.images[idx].to(self.device, non_blocking=True).float().div_(255.0)
         y = self.labels[idx].to(self.device, non_blocking=True)
@@ -131,13 +136,28 @@ class DatasetObjective:
 
 @torch.inference_mode()
 def predict_proba(
-    flat: FlatParams, w: torch.Tensor, images: torch.Tensor, batch_size: int = 512
+    flat: FlatParams,
+    w: torch.Tensor,
+    images: torch.Tensor,
+    batch_size: int = 512,
+    threads: ThreadGovernor | None = None,
 ) -> torch.Tensor:
-    """Sigmoid probabilities [N, 14] (float32, CPU) of the model at ``w`` on uint8 ``images``."""
+    """Sigmoid probabilities [N, 14] (float32, CPU) of the model at ``w`` on uint8 ``images``.
+
+    A short last minibatch is padded with blank images to a multiple of
+    :data:`~hospitalnet.threads.EVAL_QUANTUM` (their outputs are dropped), so that every
+    minibatch has a shape whose result does not depend on the thread count.
+    """
     flat.load(w)
     model: nn.Module = flat.model
     out = []
     for start in range(0, len(images), batch_size):
+        if threads is not None:
+            threads.poll()
         x = images[start : start + batch_size].to(flat.flat.device).float().div_(255.0)
-        out.append(torch.sigmoid(model(x)).float().cpu())
+        n = len(x)
+        pad = -n % EVAL_QUANTUM
+        if pad:
+            x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
+        out.append(torch.sigmoid(model(x)[:n]).float().cpu())
     return torch.cat(out) if out else torch.zeros((0, 14))

@@ -123,9 +123,6 @@ class HospitalnetExecutor(Executor):
         except HospitalnetError as err:
             self.log_error(fl_ctx, f"{site}: {err}")
             return make_reply(ReturnCode.BAD_TASK_DATA)
-        import torch
-
-        torch.set_num_threads(self.threads)
         stop = threading.Event()
         watcher = threading.Thread(
             target=self._watch,
@@ -185,6 +182,9 @@ class HospitalnetExecutor(Executor):
             cache_dir=resolve(self.cache_dir, Path.cwd()) if self.cache_dir else None,
             start_file=self.start_file,
             command=f"nvflare job ({TRAIN_TASK}, {self.method})",
+            # fixed: the simulator runs every site as a thread of one process, so one site's
+            # governor would count the others' work as its own (hospitalnet.threads)
+            threads=self.threads,
         )
         return opts, cfg
 
