@@ -81,6 +81,7 @@ def _train_once(steps: int, threads: str, loop: bool, started: bool = False) -> 
     from hospitalnet.assembly import initial_model, thread_governor
     from hospitalnet.config import ExperimentConfig
     from hospitalnet.experiment import train_method
+    from hospitalnet.threads import thread_setting
     from hospitalnet.world import ensure_world, load_world
 
     cfg = ExperimentConfig()
@@ -96,11 +97,8 @@ def _train_once(steps: int, threads: str, loop: bool, started: bool = False) -> 
     # what run_experiment does: a governor for training.threads (or the setting under test)
     governor = None
     if threads != "None":
-        setting = "config" if threads == "config" else threads
-        setting = setting if setting in ("config", "auto") else int(setting)
         sizes = [len(t) for t in world.train.values()]
-        batch = cfg.training.batch_size
-        governor = thread_governor(cfg, flat, [min(batch, n) for n in sizes], setting)
+        governor = thread_governor(cfg, flat, sizes, thread_setting(threads))
     while True:
         if started:  # tell the parent the timed part begins (the late cases)
             print(json.dumps({"started": True}), flush=True)

@@ -47,7 +47,7 @@ from hospitalnet.site import Clock, ExchangeSchedule, ServerNode, SiteNode, Site
 from hospitalnet.threads import EVAL_QUANTUM, ThreadGovernor, ThreadSetting, governor_for
 from hospitalnet.topology import Topology, isolated
 from hospitalnet.training.schedule import lr_schedule as config_lr_schedule
-from hospitalnet.training.torch_objectives import ChestXrayObjective
+from hospitalnet.training.torch_objectives import ChestXrayObjective, minibatch_size
 from hospitalnet.transport.base import Transport
 
 #: The seed label of the common initial model: ``int_seed(cfg.seed, *W0_SEED)``.
@@ -94,24 +94,28 @@ def site_objective(
 def thread_governor(
     cfg: ExperimentConfig,
     flat: FlatParams,
-    minibatches: Iterable[int],
+    train_sizes: Iterable[int],
     setting: ThreadSetting | Literal["config"] = "config",
     *,
+    pooled: bool = False,
     max_threads: int | None = None,
 ) -> ThreadGovernor:
     """The process's torch threads (``training.threads``, or ``setting`` from a command line).
 
     With ``auto``: a governor that follows the machine's idle cores, if the model gives the same
-    bits at any thread count on the minibatch sizes this process trains with (``minibatches``:
-    each objective's ``sampler.batch_size``) and on evaluation minibatches; else one thread
-    (:mod:`hospitalnet.threads`)."""
+    bits at any thread count on the minibatches this process trains with (those of training sets
+    of ``train_sizes`` images, and with ``pooled`` the pooled reference's, every site's minibatch
+    at once) and on evaluation minibatches; else one thread (:mod:`hospitalnet.threads`)."""
     chosen = cfg.training.threads if setting == "config" else setting
     side = cfg.data.image_size
-    train = tuple(sorted(set(minibatches)))
+    sizes, batch = list(train_sizes), cfg.training.batch_size
+    train = {minibatch_size(batch, n) for n in sizes}
+    if pooled:
+        train.add(minibatch_size(batch * len(sizes), sum(sizes)))
 
     def invariant(threads: int) -> bool:
         return same_bits_at_any_thread_count(
-            flat.model, (1, side, side), train, (EVAL_QUANTUM, 4 * EVAL_QUANTUM), threads
+            flat.model, (1, side, side), sorted(train), (EVAL_QUANTUM, 4 * EVAL_QUANTUM), threads
         )
 
     return governor_for(chosen, max_threads=max_threads, invariant=invariant)

@@ -255,12 +255,7 @@ def run_experiment(
     # Site images stay on the host as uint8; each minibatch moves to the device when drawn.
     flat = initial_model(cfg, device)
     w0 = flat.flat.detach().clone()
-    # the minibatch sizes this process will train with (a small site's epoch is one minibatch;
-    # the pooled reference takes every site's minibatch at once)
-    batch = cfg.training.batch_size
-    sizes = [len(t) for t in world.train.values()]
-    minibatches = [min(batch, n) for n in sizes] + [min(batch * len(sizes), sum(sizes))]
-    threads = thread_governor(cfg, flat, minibatches)
+    threads = thread_governor(cfg, flat, [len(t) for t in world.train.values()], pooled=True)
 
     write_testsets_and_data(run, world)
     network = NetworkRecord(methods={})

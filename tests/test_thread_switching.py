@@ -69,9 +69,9 @@ def test_switching_threads_at_every_step_gives_the_one_thread_result_bit_for_bit
     cfg, world = small
     flat = initial_model(cfg)
     w0 = flat.flat.detach().clone()
-    sizes = [min(16, len(t)) for t in world.train.values()]
+    sizes = [len(t) for t in world.train.values()]
     # the premise: the start-up check finds this model invariant at these minibatches
-    assert not thread_governor(cfg, flat, sizes + [128], "auto", max_threads=2).fixed
+    assert not thread_governor(cfg, flat, sizes, "auto", pooled=True, max_threads=2).fixed
     for method in SMALL["methods"]:
         one = ThreadGovernor(1, fixed=True)
         _, a, _ = train_method(method, cfg, world, flat, w0, progress=False, threads=one)

@@ -242,8 +242,7 @@ class SiteProcess:
         self.plan = opts.plan or plan_from_manifest(data.manifest)
         if self.site not in self.plan.sites:
             raise ConfigError(f"network plan: site {self.site!r} is not in it")
-        minibatch = min(cfg.training.batch_size, len(data.train))
-        self.threads = thread_governor(cfg, self.flat, [minibatch], opts.threads)
+        self.threads = thread_governor(cfg, self.flat, [len(data.train)], opts.threads)
         self.objective = site_objective(
             cfg, self.flat, data.train.images, data.train.labels, self.site, threads=self.threads
         )

@@ -26,11 +26,17 @@ def masked_bce_with_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.
     return F.binary_cross_entropy_with_logits(logits[known], labels[known])
 
 
+def minibatch_size(batch_size: int, n: int) -> int:
+    """Images per minibatch from ``n`` images: a set smaller than the batch is one minibatch."""
+    return min(batch_size, n)
+
+
 class EpochSampler:
     """Shuffled epochs of minibatch indices from an injected generator."""
 
     def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
-        self.n, self.batch_size, self.generator = n, min(batch_size, n), generator
+        self.n, self.generator = n, generator
+        self.batch_size = minibatch_size(batch_size, n)
         self._order = torch.randperm(n, generator=generator)
         self._pos = 0
 
